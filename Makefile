@@ -1,0 +1,55 @@
+# soap-bench: setup, tests, lint, benchmarks, demo and paper reproduction.
+# Everything runs inside .venv (created by `make install`). GPU users: TORCH_SPEC=torch make install
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-all lint format bench-optim bench-data demo demo-quick reproduce report clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[harness,dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench-optim: install
+	$(PY) -m scripts.bench_optimizer
+
+bench-data: install
+	$(PY) -m scripts.bench_data
+
+demo: install
+	$(PY) -m scripts.demo
+
+demo-quick: install
+	$(PY) -m scripts.demo --quick --out results/runs/demo-quick
+
+report: install
+	$(PY) -m scripts.report $(or $(RUNS),results/runs/demo)
+
+reproduce: install
+	$(PY) -m scripts.reproduce $(or $(PRESET),paper_360m_large_batch)
+
+clean:
+	rm -rf results/runs .pytest_cache .ruff_cache

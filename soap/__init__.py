@@ -1,0 +1,31 @@
+"""soap: SOAP and Shampoo optimizers (Vyas et al. 2024, arXiv 2409.11321) for PyTorch.
+
+``from soap import SOAP, Shampoo`` gives drop-in ``torch.optim.Optimizer`` classes;
+``build_optimizer`` splits parameter groups and builds any of adamw / soap / shampoo / muon or
+an optimizer given by import path. This package imports torch alone.
+"""
+
+from ._base import NonFiniteGradientError
+from .param_groups import (
+    ChainedOptimizer,
+    MuonAdamW,
+    build_optimizer,
+    optimizer_state_bytes,
+    param_groups,
+    resolve_optimizer_class,
+)
+from .shampoo import Shampoo
+from .soap import SOAP
+
+__all__ = [
+    "SOAP",
+    "Shampoo",
+    "MuonAdamW",
+    "ChainedOptimizer",
+    "NonFiniteGradientError",
+    "build_optimizer",
+    "optimizer_state_bytes",
+    "param_groups",
+    "resolve_optimizer_class",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,223 @@
+"""Pure update maths shared by :class:`soap.SOAP` and :class:`soap.Shampoo`.
+
+Every function here works on *batched* tensors: a leading dimension ``B`` stacks ``B``
+parameters of the same working shape. The per-tensor ("plain") path calls the very same
+functions with ``B == 1``, which is why the batched and plain paths agree.
+
+Notation (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam",
+arXiv 2409.11321, Algorithm 3): for a gradient ``G`` of an ``m x n`` layer,
+
+* factors ``L = EMA(G G^T)`` and ``R = EMA(G^T G)``; for a k-dimensional tensor, the factor
+  of dimension ``i`` is ``G`` contracted with itself over every other dimension;
+* eigenbases ``Q_L``, ``Q_R``; rotation into the eigenbasis ``G' = Q_L^T G Q_R``
+  (:func:`rotate` with ``transpose=True``) and back ``Q_L G' Q_R^T`` (``transpose=False``).
+
+A dimension without a factor (too large, or switched off) uses the identity: its entry in
+the ``mats`` lists below is ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ShapePlan",
+    "plan_shape",
+    "to_working",
+    "from_working",
+    "gram",
+    "update_factors_",
+    "rotate",
+    "adam_moments_",
+    "factored_second_moment_",
+    "soap_step_size",
+    "normalize_rms",
+    "permute_along_",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Working shape: channels_last permutation and merge_dims (reference semantics)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShapePlan:
+    """How a parameter is viewed while preconditioned.
+
+    ``permute`` is applied first (channels_last 4-D tensors are moved to channels_first, as in
+    the reference), then the tensor is reshaped to ``shape``.
+    """
+
+    original: tuple[int, ...]
+    permute: tuple[int, ...] | None
+    shape: tuple[int, ...]
+
+
+def _merge(shape: Sequence[int], max_precond_dim: int) -> tuple[int, ...]:
+    """Merge adjacent dimensions while their product stays <= ``max_precond_dim``.
+
+    Same greedy rule as the reference ``SOAP.merge_dims``: a dimension that alone exceeds the
+    limit stays on its own (and later gets the identity).
+    """
+    new_shape: list[int] = []
+    cur = 1
+    for sh in shape:
+        if cur * sh > max_precond_dim:
+            if cur > 1:
+                new_shape.append(cur)
+                cur = sh
+            else:
+                new_shape.append(sh)
+                cur = 1
+        else:
+            cur *= sh
+    if cur > 1 or not new_shape:
+        new_shape.append(cur)
+    return tuple(new_shape)
+
+
+def plan_shape(
+    shape: Sequence[int], *, merge_dims: bool, max_precond_dim: int, data_format: str
+) -> ShapePlan:
+    """Working layout of a parameter of ``shape``; scalars are treated as shape ``(1,)``."""
+    original = tuple(int(s) for s in shape)
+    work = original if original else (1,)
+    permute = None
+    if data_format == "channels_last" and len(work) == 4:
+        permute = (0, 3, 1, 2)
+        work = tuple(work[i] for i in permute)
+    if merge_dims and len(work) > 1:
+        work = _merge(work, max_precond_dim)
+    return ShapePlan(original=original, permute=permute, shape=tuple(work))
+
+
+def to_working(t: Tensor, plan: ShapePlan) -> Tensor:
+    """Parameter-shaped tensor -> working shape (no batch dimension)."""
+    if plan.permute is not None:
+        t = t.permute(plan.permute)
+    return t.reshape(plan.shape)
+
+
+def from_working(t: Tensor, plan: ShapePlan) -> Tensor:
+    """Working-shaped tensor (no batch dimension) -> parameter shape."""
+    if plan.permute is None:
+        return t.reshape(plan.original)
+    permuted = tuple(plan.original[i] for i in plan.permute)
+    inverse = [0] * len(plan.permute)
+    for i, p in enumerate(plan.permute):
+        inverse[p] = i
+    return t.reshape(permuted).permute(inverse)
+
+
+# --------------------------------------------------------------------------------------
+# Factors
+# --------------------------------------------------------------------------------------
+def gram(g: Tensor, dim: int) -> Tensor:
+    """Contract ``g`` (shape ``(B, d_1, ..., d_k)``) with itself over every dimension but
+    ``dim`` (1-based, the batch is dimension 0): returns ``(B, d_dim, d_dim)``.
+
+    For a matrix ``G`` this is ``G G^T`` (dim 1) or ``G^T G`` (dim 2).
+    """
+    if g.dim() == 3:
+        return g @ g.mT if dim == 1 else g.mT @ g
+    x = g.movedim(dim, 1).reshape(g.shape[0], g.shape[dim], -1)
+    return x @ x.mT
+
+
+def update_factors_(factors: Sequence[Tensor | None], g: Tensor, beta: float) -> None:
+    """``F_i <- beta F_i + (1 - beta) gram(g, i)`` in place for every factor that exists."""
+    for i, f in enumerate(factors):
+        if f is not None:
+            f.lerp_(gram(g, i + 1), 1.0 - beta)
+
+
+# --------------------------------------------------------------------------------------
+# Rotations
+# --------------------------------------------------------------------------------------
+def _rotate_dim(x: Tensor, q: Tensor, dim: int, transpose: bool) -> Tensor:
+    """Multiply batched ``x`` along dimension ``dim`` by ``q^T`` (transpose) or ``q``."""
+    letters = string.ascii_letters[: x.dim()]
+    out = letters.replace(letters[dim], "Z")
+    # transpose: y[..a..] = sum_i q[i, a] x[..i..]  (Q^T x);  else y[..i..] = sum_a q[i, a] x[..a..]
+    spec = f"{letters},{letters[0]}{letters[dim]}Z->{out}"
+    if not transpose:
+        spec = f"{letters},{letters[0]}Z{letters[dim]}->{out}"
+    return torch.einsum(spec, x, q)
+
+
+def rotate(x: Tensor, mats: Sequence[Tensor | None], *, transpose: bool) -> Tensor:
+    """Rotate batched ``x`` (``(B, d_1, ..., d_k)``) dimension by dimension.
+
+    ``transpose=True`` computes ``Q_1^T ... x ... Q_k`` (into the eigenbasis; for a matrix
+    ``Q_L^T X Q_R``); ``transpose=False`` the inverse ``Q_L X Q_R^T``. ``None`` entries are the
+    identity. Symmetric ``mats`` (Shampoo's inverse roots) give the same result either way.
+    """
+    if x.dim() == 3 and len(mats) == 2:
+        ql, qr = mats
+        if transpose:
+            if ql is not None:
+                x = ql.mT @ x
+            if qr is not None:
+                x = x @ qr
+        else:
+            if ql is not None:
+                x = ql @ x
+            if qr is not None:
+                x = x @ qr.mT
+        return x
+    for i, q in enumerate(mats):
+        if q is not None:
+            x = _rotate_dim(x, q, i + 1, transpose)
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# Adam in the rotated basis
+# --------------------------------------------------------------------------------------
+def adam_moments_(
+    exp_avg: Tensor, exp_avg_sq: Tensor, g: Tensor, beta1: float, beta2: float
+) -> None:
+    """``m <- beta1 m + (1-beta1) g``, ``v <- beta2 v + (1-beta2) g^2`` in place."""
+    exp_avg.mul_(beta1).add_(g, alpha=1.0 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+
+
+def factored_second_moment_(row: Tensor, col: Tensor, g: Tensor, beta2: float) -> Tensor:
+    """Adafactor-style second moment (the paper's "factorized" SOAP variant, Sec. 5).
+
+    ``g`` is ``(B, m, n)``; ``row`` ``(B, m)`` and ``col`` ``(B, n)`` are EMAs of the row and
+    column means of ``g^2``. Returns the rank-one estimate
+    ``v_hat = row col^T / mean(row)`` of shape ``(B, m, n)``.
+    """
+    sq = g.square()
+    row.mul_(beta2).add_(sq.mean(dim=-1), alpha=1.0 - beta2)
+    col.mul_(beta2).add_(sq.mean(dim=-2), alpha=1.0 - beta2)
+    scale = row.mean(dim=-1, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
+    return (row / scale).unsqueeze(-1) * col.unsqueeze(-2)
+
+
+def soap_step_size(lr: float, beta1: float, beta2: float, step: int, correct_bias: bool) -> float:
+    """``lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` (reference bias correction), or ``lr``."""
+    if not correct_bias:
+        return lr
+    return lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+
+
+def normalize_rms(u: Tensor) -> Tensor:
+    """Per-tensor RMS normalisation ``u / (1e-30 + rms(u))`` over all but the batch dim."""
+    dims = tuple(range(1, u.dim()))
+    return u / (1e-30 + u.square().mean(dim=dims, keepdim=True).sqrt())
+
+
+def permute_along_(t: Tensor, dim: int, order: Tensor) -> None:
+    """Reorder batched ``t`` along ``dim`` (>= 1) by per-batch indices ``order`` ``(B, d)``,
+    in place (``t`` keeps its storage, so views of it stay valid)."""
+    shape = [t.shape[0]] + [1] * (t.dim() - 1)
+    shape[dim] = t.shape[dim]
+    idx = order.reshape(shape).expand_as(t)
+    t.copy_(torch.gather(t, dim, idx))

@@ -1,0 +1,166 @@
+"""Robust batched linear algebra for the preconditioners.
+
+All routines take stacked symmetric matrices ``(B, d, d)`` and run in fp32 (the paper runs
+optimizer maths in fp32). Known failure modes of other implementations and what we do:
+
+* ``eigh`` in fp32 fails (or returns NaN) on ill-conditioned factors: retry in fp64, per
+  matrix; if that fails too, keep the previous basis / root and warn once.
+* TF32 matmuls corrupt the small eigenvalues of ``Q^T L Q``: :func:`full_fp32` switches TF32
+  off around the optimizer's matmuls on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["eigenbasis", "refresh_basis", "inverse_root", "full_fp32", "EighFailure"]
+
+
+class EighFailure(RuntimeError):
+    """Raised internally when a symmetric eigendecomposition fails in fp32 and fp64."""
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _eigh(m: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh``; a module-level hook so tests can force failures."""
+    return torch.linalg.eigh(m)
+
+
+@contextlib.contextmanager
+def full_fp32(device: torch.device) -> Iterator[None]:
+    """Disable TF32 for matmuls inside the block (CUDA only; a no-op on CPU)."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _robust_eigh(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched eigh with per-matrix fp64 retry.
+
+    Returns ``(eigvals, eigvecs, ok)`` where ``ok`` (bool, ``(B,)``) marks the matrices that
+    were decomposed; failed ones have undefined (zero) outputs and must be handled by the
+    caller. Eigenvalues are ascending as in ``torch.linalg.eigh``.
+    """
+    m = m.float()
+    eye = torch.eye(m.shape[-1], device=m.device, dtype=m.dtype)
+    # The reference adds 1e-30 I: harmless, and it keeps an all-zero factor well defined.
+    shifted = m + 1e-30 * eye
+    try:
+        vals, vecs = _eigh(shifted)
+        if _finite(vals) and _finite(vecs):
+            return vals, vecs, torch.ones(m.shape[0], dtype=torch.bool, device=m.device)
+    except RuntimeError:
+        pass
+    vals = torch.zeros(m.shape[:-1], device=m.device, dtype=m.dtype)
+    vecs = torch.zeros_like(m)
+    ok = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
+    for b in range(m.shape[0]):
+        for dtype in (torch.float32, torch.float64):
+            try:
+                v, q = _eigh(shifted[b].to(dtype))
+            except RuntimeError:
+                continue
+            if _finite(v) and _finite(q):
+                vals[b], vecs[b], ok[b] = v.to(m.dtype), q.to(m.dtype), True
+                break
+    return vals, vecs, ok
+
+
+def eigenbasis(factors: Tensor, previous: Tensor | None = None) -> Tensor:
+    """Eigenvectors of stacked symmetric ``factors`` ``(B, d, d)``, columns ordered by
+    descending eigenvalue (the reference flips ``eigh``'s ascending order).
+
+    Matrices whose decomposition fails in fp32 and fp64 keep ``previous`` (or the identity
+    when there is none) and a warning is issued once.
+    """
+    _, vecs, ok = _robust_eigh(factors)
+    q = vecs.flip(-1)
+    if not bool(ok.all()):
+        _warn_once(
+            "eigh",
+            "SOAP/Shampoo: eigendecomposition failed in fp32 and fp64; keeping the previous "
+            "basis for the affected tensors (check for exploding gradients).",
+        )
+        fallback = (
+            previous.float()
+            if previous is not None
+            else torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q)
+        )
+        q = torch.where(ok[:, None, None], q, fallback)
+    return q
+
+
+def refresh_basis(factor: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """One power-iteration step plus QR (the paper's refresh, Algorithm 4).
+
+    1. estimated eigenvalues ``diag(Q^T L Q)``; sort them descending and reorder the columns
+       of ``Q`` accordingly (the caller permutes the second moment with the returned order);
+    2. ``Q_new, _ = qr(L Q_sorted)``.
+
+    Returns ``(Q_new, order)`` with ``order`` ``(B, d)``. A non-finite or failed QR keeps the
+    sorted old basis for that matrix (and warns once).
+    """
+    factor = factor.float()
+    basis = basis.float()
+    est = torch.einsum("bij,bik,bkj->bj", basis, factor, basis)  # diag(Q^T L Q)
+    order = torch.argsort(est, dim=-1, descending=True)
+    q_sorted = torch.gather(basis, 2, order[:, None, :].expand_as(basis))
+    power = factor @ q_sorted
+    try:
+        q_new, _ = torch.linalg.qr(power)
+    except RuntimeError:
+        q_new = torch.full_like(power, float("nan"))
+    bad = ~torch.isfinite(q_new).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        _warn_once("qr", "SOAP: QR refresh failed; keeping the previous basis for some tensors.")
+        q_new = torch.where(bad[:, None, None], q_sorted, q_new)
+    return q_new, order
+
+
+def inverse_root(factor: Tensor, root: float, eps: float, previous: Tensor | None) -> Tensor:
+    """``(L + eps I)^(-1/root)`` for stacked symmetric PSD ``factor`` ``(B, d, d)``.
+
+    Computed from an fp32 eigendecomposition (fp64 retry); negative eigenvalues from round-off
+    are clamped to zero before ``eps`` is added (DistributedShampoo's convention). Matrices
+    whose decomposition fails keep ``previous`` (identity if none) with a one-time warning.
+    """
+    vals, vecs, ok = _robust_eigh(factor)
+    vals = vals.clamp_min(0.0) + eps
+    out = (vecs * vals.pow(-1.0 / root).unsqueeze(-2)) @ vecs.mT
+    ok = ok & torch.isfinite(out).flatten(1).all(dim=1)
+    if not bool(ok.all()):
+        _warn_once(
+            "root",
+            "Shampoo: inverse root failed in fp32 and fp64; keeping the previous root for the "
+            "affected tensors.",
+        )
+        fallback = (
+            previous.float()
+            if previous is not None
+            else torch.eye(out.shape[-1], dtype=out.dtype, device=out.device).expand_as(out)
+        )
+        out = torch.where(ok[:, None, None], out, fallback)
+    return out

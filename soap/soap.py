@@ -1,0 +1,273 @@
+"""SOAP: ShampoO with Adam in the Preconditioner's eigenbasis.
+
+Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson, Kakade (2024),
+"SOAP: Improving and Stabilizing Shampoo using Adam", arXiv 2409.11321, Algorithm 3.
+
+For a gradient ``G_t`` of an ``m x n`` layer, with factors ``L``, ``R`` and their
+eigenbases ``Q_L``, ``Q_R``:
+
+.. math::
+
+    G'_t &= Q_L^T G_t Q_R                                     \\
+    M_t  &= \\beta_1 M_{t-1} + (1-\\beta_1) G'_t   \\quad (\\text{kept in the rotated basis}) \\
+    V_t  &= \\beta_2 V_{t-1} + (1-\\beta_2) G'^2_t                 \\
+    W_t  &= W_{t-1} - \\eta \\frac{\\sqrt{1-\\beta_2^t}}{1-\\beta_1^t}
+            Q_L \\frac{M_t}{\\sqrt{V_t} + \\epsilon} Q_R^T - \\eta \\lambda W_{t-1}' \\\\
+    L &\\leftarrow \\beta_s L + (1-\\beta_s) G_t G_t^T, \\quad
+    R \\leftarrow \\beta_s R + (1-\\beta_s) G_t^T G_t
+
+and every ``precondition_frequency`` steps ``Q`` is refreshed by one power-iteration step and
+QR (after sorting its columns by ``diag(Q^T L Q)``, with ``V`` permuted alike); ``M`` is then
+re-expressed in the new basis. The factors are updated *after* the parameter update, so the
+basis never contains the gradient it is applied to. The first step of each tensor only
+accumulates the factors and computes ``Q`` by ``eigh`` (no update, no decay), exactly as in
+the public reference implementation (github.com/nikhilvyas/SOAP); that holds for tensors
+with no factor too (1-D tensors, vocabulary-sized dimensions), which are then plain Adam in
+the original basis from the second step on.
+
+State memory per ``m x n`` layer in floats, counting the gradient (paper, Sec. 5):
+
+=============================  ==================================
+variant                        floats
+=============================  ==================================
+SOAP                           ``2m^2 + 2n^2 + 3mn``
+one-sided (``one_sided``)      ``2 min(m,n)^2 + 3mn``
+one-sided + ``factorized``     ``2 min(m,n)^2 + 2mn + (m + n)``
+=============================  ==================================
+
+(the paper drops the ``m + n`` of the factored second moment as lower order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from ._base import BucketedOptimizer, _check, validate_common
+from .linalg import eigenbasis, full_fp32, refresh_basis
+
+__all__ = ["SOAP"]
+
+
+def _adam_direction(
+    exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, beta1: float, beta2: float, eps: float
+) -> Tensor:
+    """Update the moments in place and return ``M / (sqrt(V) + eps)``."""
+    F.adam_moments_(exp_avg, exp_avg_sq, grad, beta1, beta2)
+    return exp_avg / exp_avg_sq.sqrt().add_(eps)
+
+
+class SOAP(BucketedOptimizer):
+    """SOAP optimizer (``torch.optim.Optimizer``), drop-in for the reference ``SOAP``.
+
+    Args (reference names and defaults):
+        params: parameters or parameter groups (named parameters are accepted; the names are
+            used in error messages).
+        lr: learning rate.
+        betas: ``(beta1, beta2)`` of Adam in the rotated basis.
+        shampoo_beta: EMA rate of the factors; ``-1`` uses ``beta2``.
+        eps: added to ``sqrt(V)``.
+        weight_decay: decoupled, applied after the update as ``p -= lr * wd * p``.
+        precondition_frequency: steps between eigenbasis refreshes.
+        max_precond_dim: dimensions larger than this get no factor (identity rotation).
+        merge_dims: merge adjacent dimensions while their product is <= ``max_precond_dim``.
+        precondition_1d: give 1-D tensors a factor too (otherwise they run plain Adam).
+        normalize_grads: RMS-normalise each tensor's update.
+        data_format: ``"channels_first"`` or ``"channels_last"`` (4-D tensors are permuted to
+            channels-first before merging).
+        correct_bias: Adam bias correction ``sqrt(1-beta2^t)/(1-beta1^t)``.
+
+    Extensions (keyword-only):
+        one_sided: rotate only the smallest eligible dimension (paper's one-sided variant).
+        factorized: Adafactor-style factored second moment for tensors whose working shape is
+            2-D (paper's factorized variant); other tensors keep a full second moment.
+        foreach: batch tensors of equal shape (default); ``False`` runs the plain per-tensor
+            path. Both give the same numbers.
+        nonfinite_grad: ``"raise"`` (default) a clear error naming the parameter, or
+            ``"skip"`` that parameter's update; either way its state is left untouched.
+        compile: ``torch.compile`` the per-step elementwise Adam maths.
+    """
+
+    _name = "SOAP"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        shampoo_beta: float = -1,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        merge_dims: bool = False,
+        precondition_1d: bool = False,
+        normalize_grads: bool = False,
+        data_format: str = "channels_first",
+        correct_bias: bool = True,
+        *,
+        one_sided: bool = False,
+        factorized: bool = False,
+        foreach: bool = True,
+        nonfinite_grad: str = "raise",
+        compile: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            max_precond_dim=max_precond_dim,
+            merge_dims=merge_dims,
+            precondition_1d=precondition_1d,
+            normalize_grads=normalize_grads,
+            data_format=data_format,
+            correct_bias=correct_bias,
+            one_sided=one_sided,
+            factorized=factorized,
+            foreach=foreach,
+            nonfinite_grad=nonfinite_grad,
+            compile=compile,
+        )
+        self._compiled: Any = None
+        super().__init__(params, defaults)
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        validate_common(group, "SOAP")
+        sb = group["shampoo_beta"]
+        _check(sb == -1 or 0.0 <= sb < 1.0, f"SOAP: invalid shampoo_beta={sb!r} (use -1 or a value in [0, 1))")
+        _check(group["eps"] > 0.0, f"SOAP: invalid eps={group['eps']!r} (must be > 0)")
+        mpd = group["max_precond_dim"]
+        _check(
+            isinstance(mpd, int) and not isinstance(mpd, bool) and mpd >= 1,
+            f"SOAP: max_precond_dim must be an integer >= 1, got {mpd!r}",
+        )
+        _check(
+            group["data_format"] in ("channels_first", "channels_last"),
+            f"SOAP: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
+        )
+        for flag in ("merge_dims", "precondition_1d", "normalize_grads", "correct_bias", "one_sided", "factorized", "foreach", "compile"):
+            _check(isinstance(group[flag], bool), f"SOAP: {flag} must be a bool, got {group[flag]!r}")
+
+    # ---- layout -------------------------------------------------------------------------
+    def _plan(self, p: Tensor, group: dict[str, Any]) -> F.ShapePlan:
+        return F.plan_shape(
+            p.shape,
+            merge_dims=group["merge_dims"],
+            max_precond_dim=group["max_precond_dim"],
+            data_format=group["data_format"],
+        )
+
+    def _layout(self, plan: F.ShapePlan, group: dict[str, Any]) -> tuple:
+        """``(has_factor per working dim, factorized second moment?)``."""
+        shape, mpd = plan.shape, group["max_precond_dim"]
+        if len(shape) == 1:
+            has = (group["precondition_1d"] and shape[0] <= mpd,)
+        else:
+            has = tuple(d <= mpd for d in shape)
+            if group["one_sided"] and any(has):
+                smallest = min((d, i) for i, d in enumerate(shape) if has[i])[1]
+                has = tuple(i == smallest for i in range(len(shape)))
+        factored = group["factorized"] and len(shape) == 2
+        return has, factored
+
+    def _state_spec(self, plan: F.ShapePlan, layout: tuple) -> dict[str, tuple[int, ...]]:
+        has, factored = layout
+        spec: dict[str, tuple[int, ...]] = {"exp_avg": plan.shape}
+        if factored:
+            spec["exp_avg_sq_row"] = (plan.shape[0],)
+            spec["exp_avg_sq_col"] = (plan.shape[1],)
+        else:
+            spec["exp_avg_sq"] = plan.shape
+        for i, d in enumerate(plan.shape):
+            if has[i]:
+                spec[f"factor_{i}"] = (d, d)
+                spec[f"basis_{i}"] = (d, d)
+        return spec
+
+    # ---- the step -----------------------------------------------------------------------
+    def _direction_fn(self, group: dict[str, Any]):
+        if not group["compile"]:
+            return _adam_direction
+        if self._compiled is None:
+            self._compiled = torch.compile(_adam_direction, dynamic=True)
+        return self._compiled
+
+    def _step_bucket(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        plan: F.ShapePlan,
+        layout: tuple,
+        grad: Tensor,
+    ) -> None:
+        has, factored = layout
+        beta1, beta2 = group["betas"]
+        shampoo_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else beta2
+        spec = self._state_spec(plan, layout)
+        first = self._ensure_state(params, spec)
+        buf = self._buffers(params, spec)
+        factors = [buf.get(f"factor_{i}") for i in range(len(has))]
+        bases = [buf.get(f"basis_{i}") for i in range(len(has))]
+
+        with full_fp32(grad.device):
+            if first:
+                # Step 1 only accumulates the factors and computes their eigenvectors.
+                F.update_factors_(factors, grad, shampoo_beta)
+                for f, q in zip(factors, bases):
+                    if f is not None:
+                        q.copy_(eigenbasis(f))
+                self._set_step(params, 0)
+                return
+
+            step = self.state[params[0]]["step"] + 1
+            self._set_step(params, step)
+            g_rot = F.rotate(grad, bases, transpose=True)
+            exp_avg = buf["exp_avg"]
+            if factored:
+                exp_avg.mul_(beta1).add_(g_rot, alpha=1.0 - beta1)
+                v = F.factored_second_moment_(buf["exp_avg_sq_row"], buf["exp_avg_sq_col"], g_rot, beta2)
+                direction = exp_avg / v.sqrt().add_(group["eps"])
+            else:
+                fn = self._direction_fn(group)
+                direction = fn(exp_avg, buf["exp_avg_sq"], g_rot, beta1, beta2, group["eps"])
+            update = F.rotate(direction, bases, transpose=False)
+            if group["normalize_grads"]:
+                update = F.normalize_rms(update)
+            step_size = F.soap_step_size(group["lr"], beta1, beta2, step, group["correct_bias"])
+            self._apply_update(
+                params, plan, update, step_size, group["lr"] * group["weight_decay"], decay_first=False
+            )
+
+            # After the update: fold this gradient into the factors, then maybe refresh.
+            F.update_factors_(factors, grad, shampoo_beta)
+            if any(has) and step % group["precondition_frequency"] == 0:
+                self._refresh(buf, factors, bases, factored)
+
+    @staticmethod
+    def _refresh(
+        buf: dict[str, Tensor],
+        factors: list[Tensor | None],
+        bases: list[Tensor | None],
+        factored: bool,
+    ) -> None:
+        """Power iteration + QR per factor; permute the second moment by the new order and
+        re-express the first moment in the new basis (it is kept rotated)."""
+        exp_avg = buf["exp_avg"]
+        momentum = F.rotate(exp_avg, bases, transpose=False)  # back to parameter coordinates
+        for i, (f, q) in enumerate(zip(factors, bases)):
+            if f is None:
+                continue
+            q_new, order = refresh_basis(f, q)
+            if factored:
+                F.permute_along_(buf["exp_avg_sq_row" if i == 0 else "exp_avg_sq_col"], 1, order)
+            else:
+                F.permute_along_(buf["exp_avg_sq"], i + 1, order)
+            q.copy_(q_new)
+        exp_avg.copy_(F.rotate(momentum, bases, transpose=True))
