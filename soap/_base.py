@@ -39,7 +39,10 @@ def validate_common(group: dict[str, Any], name: str) -> None:
     lr = group["lr"]
     if isinstance(lr, Tensor):
         lr = float(lr)
-    _check(isinstance(lr, (int, float)) and lr >= 0.0, f"{name}: invalid learning rate lr={lr!r} (must be >= 0)")
+    _check(
+        isinstance(lr, (int, float)) and lr >= 0.0,
+        f"{name}: invalid learning rate lr={lr!r} (must be >= 0)",
+    )
     betas = group["betas"]
     _check(
         isinstance(betas, (tuple, list)) and len(betas) == 2,
@@ -47,7 +50,10 @@ def validate_common(group: dict[str, Any], name: str) -> None:
     )
     for i, b in enumerate(betas):
         _check(0.0 <= float(b) < 1.0, f"{name}: invalid beta{i + 1}={b!r} (must be in [0, 1))")
-    _check(float(group["weight_decay"]) >= 0.0, f"{name}: invalid weight_decay={group['weight_decay']!r} (must be >= 0)")
+    _check(
+        float(group["weight_decay"]) >= 0.0,
+        f"{name}: invalid weight_decay={group['weight_decay']!r} (must be >= 0)",
+    )
     freq = group["precondition_frequency"]
     _check(
         isinstance(freq, int) and not isinstance(freq, bool) and freq >= 1,
@@ -66,7 +72,9 @@ class BucketedOptimizer(Optimizer):
     _name = "optimizer"
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        self._stack_cache: dict[tuple, tuple[tuple[str, ...], dict[str, Tensor], list[list[int]]]] = {}
+        self._stack_cache: dict[
+            tuple, tuple[tuple[str, ...], dict[str, Tensor], list[list[int]]]
+        ] = {}
         super().__init__(params, defaults)
 
     # ---- hooks for subclasses ---------------------------------------------------------

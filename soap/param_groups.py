@@ -186,7 +186,11 @@ def MuonAdamW(
     if adam_groups:
         opts.append(
             torch.optim.AdamW(
-                adam_groups, lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, weight_decay=weight_decay
+                adam_groups,
+                lr=adamw_lr,
+                betas=adamw_betas,
+                eps=adamw_eps,
+                weight_decay=weight_decay,
             )
         )
     return ChainedOptimizer(opts)

@@ -113,8 +113,13 @@ class Shampoo(BucketedOptimizer):
 
     def _validate(self, group: dict[str, Any]) -> None:
         validate_common(group, "Shampoo")
-        _check(group["epsilon"] > 0.0, f"Shampoo: invalid epsilon={group['epsilon']!r} (must be > 0)")
-        _check(group["graft_eps"] > 0.0, f"Shampoo: invalid graft_eps={group['graft_eps']!r} (must be > 0)")
+        _check(
+            group["epsilon"] > 0.0, f"Shampoo: invalid epsilon={group['epsilon']!r} (must be > 0)"
+        )
+        _check(
+            group["graft_eps"] > 0.0,
+            f"Shampoo: invalid graft_eps={group['graft_eps']!r} (must be > 0)",
+        )
         _check(group["root"] > 0.0, f"Shampoo: invalid root={group['root']!r} (must be > 0)")
         sps = group["start_preconditioning_step"]
         _check(
@@ -131,7 +136,10 @@ class Shampoo(BucketedOptimizer):
             f"Shampoo: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
         )
         for flag in ("merge_dims", "precondition_1d", "foreach"):
-            _check(isinstance(group[flag], bool), f"Shampoo: {flag} must be a bool, got {group[flag]!r}")
+            _check(
+                isinstance(group[flag], bool),
+                f"Shampoo: {flag} must be a bool, got {group[flag]!r}",
+            )
 
     def _plan(self, p: Tensor, group: dict[str, Any]) -> F.ShapePlan:
         return F.plan_shape(
@@ -188,12 +196,19 @@ class Shampoo(BucketedOptimizer):
                 if (step - start) % group["precondition_frequency"] == 0:
                     for f, r in zip(factors, roots):
                         if f is not None:
-                            r.copy_(inverse_root(f / bc2, group["root"], group["epsilon"], previous=r))
+                            r.copy_(
+                                inverse_root(f / bc2, group["root"], group["epsilon"], previous=r)
+                            )
                 shampoo = F.rotate(m_hat, roots, transpose=True)
                 scale = _tensor_norm(adam) / _tensor_norm(shampoo).clamp_min(1e-30)
                 direction = shampoo * scale
             else:
                 direction = adam
             self._apply_update(
-                params, plan, direction, group["lr"], group["lr"] * group["weight_decay"], decay_first=True
+                params,
+                plan,
+                direction,
+                group["lr"],
+                group["lr"] * group["weight_decay"],
+                decay_first=True,
             )

@@ -141,7 +141,10 @@ class SOAP(BucketedOptimizer):
     def _validate(self, group: dict[str, Any]) -> None:
         validate_common(group, "SOAP")
         sb = group["shampoo_beta"]
-        _check(sb == -1 or 0.0 <= sb < 1.0, f"SOAP: invalid shampoo_beta={sb!r} (use -1 or a value in [0, 1))")
+        _check(
+            sb == -1 or 0.0 <= sb < 1.0,
+            f"SOAP: invalid shampoo_beta={sb!r} (use -1 or a value in [0, 1))",
+        )
         _check(group["eps"] > 0.0, f"SOAP: invalid eps={group['eps']!r} (must be > 0)")
         mpd = group["max_precond_dim"]
         _check(
@@ -152,8 +155,19 @@ class SOAP(BucketedOptimizer):
             group["data_format"] in ("channels_first", "channels_last"),
             f"SOAP: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
         )
-        for flag in ("merge_dims", "precondition_1d", "normalize_grads", "correct_bias", "one_sided", "factorized", "foreach", "compile"):
-            _check(isinstance(group[flag], bool), f"SOAP: {flag} must be a bool, got {group[flag]!r}")
+        for flag in (
+            "merge_dims",
+            "precondition_1d",
+            "normalize_grads",
+            "correct_bias",
+            "one_sided",
+            "factorized",
+            "foreach",
+            "compile",
+        ):
+            _check(
+                isinstance(group[flag], bool), f"SOAP: {flag} must be a bool, got {group[flag]!r}"
+            )
 
     # ---- layout -------------------------------------------------------------------------
     def _plan(self, p: Tensor, group: dict[str, Any]) -> F.ShapePlan:
@@ -232,7 +246,9 @@ class SOAP(BucketedOptimizer):
             exp_avg = buf["exp_avg"]
             if factored:
                 exp_avg.mul_(beta1).add_(g_rot, alpha=1.0 - beta1)
-                v = F.factored_second_moment_(buf["exp_avg_sq_row"], buf["exp_avg_sq_col"], g_rot, beta2)
+                v = F.factored_second_moment_(
+                    buf["exp_avg_sq_row"], buf["exp_avg_sq_col"], g_rot, beta2
+                )
                 direction = exp_avg / v.sqrt().add_(group["eps"])
             else:
                 fn = self._direction_fn(group)
@@ -242,7 +258,12 @@ class SOAP(BucketedOptimizer):
                 update = F.normalize_rms(update)
             step_size = F.soap_step_size(group["lr"], beta1, beta2, step, group["correct_bias"])
             self._apply_update(
-                params, plan, update, step_size, group["lr"] * group["weight_decay"], decay_first=False
+                params,
+                plan,
+                update,
+                step_size,
+                group["lr"] * group["weight_decay"],
+                decay_first=False,
             )
 
             # After the update: fold this gradient into the factors, then maybe refresh.

@@ -1,0 +1,187 @@
+"""Shampoo (grafting equivalence, hand-checkable roots, round-trips) and the factory."""
+
+import copy
+
+import pytest
+import torch
+
+from soap import (
+    SOAP,
+    ChainedOptimizer,
+    Shampoo,
+    build_optimizer,
+    param_groups,
+    resolve_optimizer_class,
+)
+
+
+def test_before_start_equals_torch_adamw():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 5), (5,)]
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+    a = [x.clone().requires_grad_() for x in init]
+    b = [x.clone().requires_grad_() for x in init]
+    sh = Shampoo(a, lr=1e-2, weight_decay=0.1, start_preconditioning_step=100, graft_eps=1e-8)
+    ad = torch.optim.AdamW(
+        b, lr=1e-2, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.1, foreach=False
+    )
+    for _ in range(10):
+        gs = [torch.randn(*s, generator=gen) for s in shapes]
+        for pa, pb, g in zip(a, b, gs):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        sh.step()
+        ad.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("root,power", [(4.0, 0.0), (2.0, -1.0)])
+def test_constant_gradient_direction_is_hand_checkable(root, power):
+    # With a constant G = U S V^T: L = G G^T, R = G^T G (bias corrected), so
+    # L^(-1/r) G R^(-1/r) = U S^(1 - 4/r) V^T; grafted to Adam's norm ||sign(G)|| = sqrt(mn).
+    m, n = 4, 4  # square: full-rank factors, so eps plays no role
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(m, n, generator=gen)
+    p = torch.zeros(m, n, requires_grad=True)
+    opt = Shampoo(
+        [p],
+        lr=1.0,
+        weight_decay=0.0,
+        root=root,
+        start_preconditioning_step=1,
+        precondition_frequency=1,
+        epsilon=1e-12,
+        precondition_1d=False,
+    )
+    p.grad = g
+    opt.step()
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    d = u @ torch.diag(s**power) @ vh
+    adam_norm = (g / (g.abs() + 1e-8)).norm()
+    expected = -d * adam_norm / d.norm()
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_shampoo_state_dict_round_trip_and_batched_equals_plain():
+    shapes = [(6, 4), (6, 4), (4,)]
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+    grads = [[torch.randn(*s, generator=gen) for s in shapes] for _ in range(12)]
+
+    def run(foreach, split=None):
+        ps = [x.clone().requires_grad_() for x in init]
+        opt = Shampoo(ps, precondition_frequency=2, start_preconditioning_step=2, foreach=foreach)
+        for t, gs in enumerate(grads):
+            if split is not None and t == split:
+                sd = copy.deepcopy(opt.state_dict())
+                ps = [p.detach().clone().requires_grad_() for p in ps]
+                opt = Shampoo(
+                    ps, precondition_frequency=2, start_preconditioning_step=2, foreach=foreach
+                )
+                opt.load_state_dict(sd)
+            for p, g in zip(ps, gs):
+                p.grad = g
+            opt.step()
+        return ps
+
+    ref = run(True)
+    for a, b in zip(ref, run(True, split=5)):
+        assert torch.equal(a, b)
+    for a, b in zip(ref, run(False)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_shampoo_trains_and_validates():
+    with pytest.raises(ValueError, match="root"):
+        Shampoo([torch.zeros(2, requires_grad=True)], root=0)
+    with pytest.raises(ValueError, match="epsilon"):
+        Shampoo([torch.zeros(2, requires_grad=True)], epsilon=-1)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 10, generator=gen)
+    y = x @ torch.randn(10, 6, generator=gen)
+    w = torch.zeros(10, 6, requires_grad=True)
+    opt = Shampoo([w], lr=0.05, weight_decay=0.0, precondition_frequency=5)
+    losses = []
+    for _ in range(150):
+        loss = (x @ w - y).square().mean()
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.05 * losses[0]
+
+
+def test_shampoo_bf16_and_nan_guard():
+    p = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    opt = Shampoo([p], start_preconditioning_step=1, precondition_frequency=1)
+    for _ in range(3):
+        p.grad = torch.randn(4, 3, dtype=torch.bfloat16)
+        opt.step()
+    assert p.dtype == torch.bfloat16 and opt.state[p]["root_0"].dtype == torch.float32
+    p.grad = torch.full((4, 3), float("nan"), dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        opt.step()
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.ModuleDict(
+        {
+            "embed_tokens": torch.nn.Embedding(50, 8),
+            "hidden": torch.nn.Linear(8, 8),
+            "norm": torch.nn.LayerNorm(8),
+            "lm_head": torch.nn.Linear(8, 50, bias=False),
+        }
+    )
+
+
+def test_param_groups_rules():
+    groups = param_groups(_tiny_model())
+    decay, no_decay = groups
+    assert set(decay["param_names"]) == {"hidden.weight", "lm_head.weight"}
+    assert "embed_tokens.weight" in no_decay["param_names"] and no_decay["weight_decay"] == 0.0
+    assert "hidden.bias" in no_decay["param_names"]
+
+
+@pytest.mark.parametrize("name", ["adamw", "soap", "shampoo", "muon", "torch.optim.SGD"])
+def test_build_optimizer_steps_and_round_trips(name):
+    model = _tiny_model()
+    kw = {"lr": 0.01}
+    opt = build_optimizer(model.named_parameters(), name, **kw)
+    tokens = torch.randint(0, 50, (4, 6))
+
+    def step():
+        h = model["norm"](model["hidden"](model["embed_tokens"](tokens)))
+        loss = torch.nn.functional.cross_entropy(
+            model["lm_head"](h).flatten(0, 1), tokens.flatten()
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(3):
+        step()
+    sd = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(sd)
+    step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    sched.step()
+    assert all(g["lr"] == pytest.approx(0.005) or name == "muon" for g in opt.param_groups)
+
+
+def test_muon_splits_hidden_matrices():
+    opt = build_optimizer(_tiny_model().named_parameters(), "muon", lr=0.02)
+    assert isinstance(opt, ChainedOptimizer)
+    muon, adamw = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and len(muon.param_groups[0]["params"]) == 1
+    assert isinstance(adamw, torch.optim.AdamW)
+
+
+def test_resolve_optimizer_errors():
+    assert resolve_optimizer_class("SOAP") is SOAP
+    assert resolve_optimizer_class("torch.optim:Adam") is torch.optim.Adam
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        resolve_optimizer_class("nope")
+    with pytest.raises(ValueError, match="cannot import"):
+        resolve_optimizer_class("nonexistent_pkg.Opt")

@@ -1,0 +1,462 @@
+"""SOAP: equivalences, reference parity, state round-trips, numerics and faults."""
+
+import copy
+import io
+import math
+import warnings
+
+import pytest
+import torch
+
+import soap.linalg
+from soap import SOAP, NonFiniteGradientError, optimizer_state_bytes
+from soap.functional import plan_shape
+from tests.optim_reference import RefSOAP, adam_ref
+
+
+def _grads(shapes, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(*s, generator=gen) for s in shapes] for _ in range(steps)]
+
+
+def _run(opt_factory, shapes, steps, dtype=torch.float32, seed=1, params=None):
+    gen = torch.Generator().manual_seed(0)
+    if params is None:
+        params = [torch.randn(*s, generator=gen).to(dtype).requires_grad_() for s in shapes]
+    opt = opt_factory(params)
+    for gs in _grads(shapes, steps, seed):
+        for p, g in zip(params, gs):
+            p.grad = g.to(dtype)
+        opt.step()
+    return params, opt
+
+
+def test_all_dims_above_max_is_adam_step_for_step():
+    shapes = [(6, 5), (7,), (3, 4, 2)]
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+    params = [x.clone().requires_grad_() for x in init]
+    ref = [x.clone() for x in init]
+    opt = SOAP(params, lr=1e-2, max_precond_dim=1, weight_decay=0.1)
+    state = {}
+    grads = _grads(shapes, 8)
+    for t, gs in enumerate(grads):
+        for p, g in zip(params, gs):
+            p.grad = g
+        opt.step()
+        if t == 0:  # the reference's first step only builds the (empty) basis
+            for p, x in zip(params, init):
+                assert torch.equal(p.detach(), x)
+            continue
+        adam_ref(list(zip(ref, gs)), state, 1e-2, (0.95, 0.95), 1e-8, 0.1, step=t)
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p.detach(), r, rtol=1e-6, atol=1e-7)
+    assert all(not any(k.startswith("factor") for k in opt.state[p]) for p in params)
+
+
+@pytest.mark.parametrize(
+    "shapes,eps",
+    [
+        # Square matrices: the first gradient gives full-rank factors, so the eigenbasis is
+        # unique up to signs. (For a rectangular first gradient the larger factor has a null
+        # space whose basis is arbitrary; later gradients have components there and Adam is
+        # not rotation invariant, so two correct implementations may legitimately differ.)
+        ([(8, 8), (5,), (6, 6)], 1e-8),
+        ([(4, 4), (7, 7)], 1e-3),
+    ],
+)
+def test_matches_reference_soap_across_refreshes(shapes, eps):
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+    a = [x.clone().requires_grad_() for x in init]
+    b = [x.clone().requires_grad_() for x in init]
+    opt_a = SOAP(a, lr=1e-2, precondition_frequency=3, eps=eps)
+    opt_b = RefSOAP(b, lr=1e-2, freq=3, eps=eps)
+    for gs in _grads(shapes, 14):
+        for pa, pb, g in zip(a, b, gs):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa.detach(), pb.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_diagonal_problem_has_identity_basis_and_is_adam():
+    # Diagonal gradients with distinct, ordered magnitudes: L and R are diagonal, so the
+    # eigenbasis is the identity (up to signs) and SOAP equals Adam on the diagonal.
+    n = 5
+    scale = torch.arange(n, 0, -1).float()
+    p = torch.zeros(n, n, requires_grad=True)
+    q = torch.zeros(n, n)
+    opt = SOAP([p], lr=0.1, weight_decay=0.0, precondition_frequency=2)
+    state = {}
+    for t in range(6):
+        g = torch.diag(scale * (1.0 + 0.1 * t))
+        p.grad = g
+        opt.step()
+        if t:
+            adam_ref([(q, g)], state, 0.1, (0.95, 0.95), 1e-8, 0.0, step=t)
+    for i in (0, 1):
+        basis = opt.state[p][f"basis_{i}"]
+        torch.testing.assert_close(basis.abs(), torch.eye(n), atol=1e-5, rtol=0)
+    torch.testing.assert_close(p.detach(), q, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_dims_equals_reshaped_matrix():
+    assert plan_shape(
+        (4, 5, 6), merge_dims=True, max_precond_dim=30, data_format="channels_first"
+    ).shape == (20, 6)
+    assert plan_shape(
+        (50, 3), merge_dims=True, max_precond_dim=30, data_format="channels_first"
+    ).shape == (50, 3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, 6, generator=gen)
+    p3 = x.clone().requires_grad_()
+    p2 = x.reshape(20, 6).clone().requires_grad_()
+    o3 = SOAP([p3], merge_dims=True, max_precond_dim=30, precondition_frequency=2)
+    o2 = SOAP([p2], max_precond_dim=30, precondition_frequency=2)
+    for (g,) in _grads([(4, 5, 6)], 7):
+        p3.grad, p2.grad = g, g.reshape(20, 6)
+        o3.step()
+        o2.step()
+    assert o3.state[p3]["factor_0"].shape == (20, 20)
+    torch.testing.assert_close(p3.detach().reshape(20, 6), p2.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_3d_without_merge_has_a_factor_per_dim():
+    params, opt = _run(lambda ps: SOAP(ps, precondition_frequency=2), [(3, 4, 5)], 6)
+    st = opt.state[params[0]]
+    assert [st[f"factor_{i}"].shape[0] for i in range(3)] == [3, 4, 5]
+    assert torch.isfinite(params[0]).all()
+
+
+def test_channels_last_equals_permuted_channels_first():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 2, generator=gen)  # (N, H, W, C)
+    p_last = x.clone().requires_grad_()
+    p_first = x.permute(0, 3, 1, 2).contiguous().requires_grad_()
+    o_last = SOAP(
+        [p_last],
+        data_format="channels_last",
+        merge_dims=True,
+        max_precond_dim=8,
+        precondition_frequency=2,
+    )
+    o_first = SOAP([p_first], merge_dims=True, max_precond_dim=8, precondition_frequency=2)
+    for (g,) in _grads([(3, 4, 5, 2)], 6):
+        p_last.grad, p_first.grad = g, g.permute(0, 3, 1, 2).contiguous()
+        o_last.step()
+        o_first.step()
+    torch.testing.assert_close(
+        p_last.detach().permute(0, 3, 1, 2), p_first.detach(), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("precondition_1d", [False, True])
+def test_1d_params(precondition_1d):
+    params, opt = _run(lambda ps: SOAP(ps, precondition_1d=precondition_1d), [(7,)], 5)
+    st = opt.state[params[0]]
+    assert ("factor_0" in st) == precondition_1d
+    if precondition_1d:
+        assert st["basis_0"].shape == (7, 7)
+        q = st["basis_0"]
+        torch.testing.assert_close(q.T @ q, torch.eye(7), atol=1e-5, rtol=0)
+
+
+def test_state_dict_round_trip_mid_run_after_refresh():
+    shapes = [(6, 4), (6, 4), (4,), (10, 3)]
+    grads = _grads(shapes, 16)
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+
+    def make(ps):
+        return SOAP(ps, lr=1e-2, precondition_frequency=3)
+
+    full = [x.clone().requires_grad_() for x in init]
+    o_full = make(full)
+    part = [x.clone().requires_grad_() for x in init]
+    o_part = make(part)
+    for t, gs in enumerate(grads):
+        for p, g in zip(full, gs):
+            p.grad = g
+        o_full.step()
+        if t < 7:  # 7 steps: the basis has been refreshed (steps 3 and 6)
+            for p, g in zip(part, gs):
+                p.grad = g
+            o_part.step()
+    buf = io.BytesIO()
+    torch.save({"opt": o_part.state_dict(), "params": [p.detach() for p in part]}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    resumed = [x.clone().requires_grad_() for x in saved["params"]]
+    o_res = make(resumed)
+    o_res.load_state_dict(saved["opt"])
+    for gs in grads[7:]:
+        for p, g in zip(resumed, gs):
+            p.grad = g
+        o_res.step()
+    for a, b in zip(full, resumed):
+        assert torch.equal(a.detach(), b.detach())
+
+
+def test_batched_path_equals_plain_path():
+    shapes = [(8, 8)] * 4 + [(8, 16)] * 3 + [(16,)] * 2 + [(40, 8)]
+    pa, _ = _run(lambda ps: SOAP(ps, precondition_frequency=3, max_precond_dim=32), shapes, 12)
+    pb, _ = _run(
+        lambda ps: SOAP(ps, precondition_frequency=3, max_precond_dim=32, foreach=False), shapes, 12
+    )
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_params_keep_fp32_state():
+    shapes = [(8, 6), (6,)]
+    params, opt = _run(
+        lambda ps: SOAP(ps, precondition_frequency=2), shapes, 6, dtype=torch.bfloat16
+    )
+    assert all(p.dtype == torch.bfloat16 for p in params)
+    for p in params:
+        for k, v in opt.state[p].items():
+            if isinstance(v, torch.Tensor):
+                assert v.dtype == torch.float32, k
+    sd = copy.deepcopy(opt.state_dict())
+    opt2 = SOAP(params, precondition_frequency=2)
+    opt2.load_state_dict(sd)
+    assert opt2.state[params[0]]["factor_0"].dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": -1.0},
+        {"betas": (1.0, 0.9)},
+        {"betas": (0.9,)},
+        {"eps": 0.0},
+        {"weight_decay": -0.1},
+        {"precondition_frequency": 0},
+        {"precondition_frequency": 2.5},
+        {"max_precond_dim": 0},
+        {"shampoo_beta": 1.5},
+        {"data_format": "nhwc"},
+        {"nonfinite_grad": "explode"},
+    ],
+)
+def test_invalid_hyperparameters(kwargs):
+    with pytest.raises(ValueError, match="SOAP"):
+        SOAP([torch.zeros(2, 2, requires_grad=True)], **kwargs)
+
+
+def test_invalid_hyperparameter_in_param_group():
+    with pytest.raises(ValueError, match="learning rate"):
+        SOAP([{"params": [torch.zeros(2, requires_grad=True)], "lr": -1}])
+
+
+def test_closure_runs_with_grad_enabled_and_returns_loss():
+    w = torch.randn(4, 3, requires_grad=True)
+    opt = SOAP([w], lr=0.05)
+    x = torch.randn(16, 4)
+
+    def closure():
+        opt.zero_grad()
+        loss = (x @ w).square().mean()
+        loss.backward()
+        return loss
+
+    losses = [opt.step(closure).item() for _ in range(30)]
+    assert losses[-1] < losses[0]
+
+
+def test_rank_deficient_and_ill_conditioned_factors_stay_finite():
+    p = torch.zeros(12, 10, requires_grad=True)
+    opt = SOAP([p], precondition_frequency=2)
+    u, v = torch.randn(12, 1), torch.randn(1, 10)
+    for t in range(8):
+        p.grad = (u @ v) * (10.0 ** (6 * (t % 2))) + 1e-20 * torch.randn(12, 10)
+        opt.step()
+    for val in opt.state[p].values():
+        if isinstance(val, torch.Tensor):
+            assert torch.isfinite(val).all()
+    assert torch.isfinite(p).all()
+
+
+def test_forced_eigh_failure_keeps_previous_basis(monkeypatch):
+    p = torch.randn(6, 5, requires_grad=True)
+    opt = SOAP([p], precondition_frequency=2)
+    p.grad = torch.randn(6, 5)
+    opt.step()
+    before = opt.state[p]["basis_0"].clone()
+
+    def boom(m):
+        raise torch.linalg.LinAlgError("forced failure")
+
+    monkeypatch.setattr(soap.linalg, "_eigh", boom)
+    soap.linalg._warned.clear()
+    q = torch.randn(6, 6, requires_grad=True)
+    opt_new = SOAP([q])
+    q.grad = torch.randn(6, 6)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        opt_new.step()  # first step needs eigh: falls back to the identity basis
+    assert any("eigendecomposition failed" in str(x.message) for x in w)
+    torch.testing.assert_close(opt_new.state[q]["basis_0"], torch.eye(6))
+    # The running optimizer's refresh uses QR, not eigh, so it keeps working.
+    for _ in range(4):
+        p.grad = torch.randn(6, 5)
+        opt.step()
+    assert torch.isfinite(opt.state[p]["basis_0"]).all()
+    assert not torch.equal(before, opt.state[p]["basis_0"])
+
+
+def test_eigh_falls_back_to_fp64(monkeypatch):
+    calls = []
+    real = torch.linalg.eigh
+
+    def flaky(m):
+        calls.append(m.dtype)
+        if m.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("fp32 failure")
+        return real(m)
+
+    monkeypatch.setattr(soap.linalg, "_eigh", flaky)
+    p = torch.randn(5, 4, requires_grad=True)
+    opt = SOAP([p])
+    p.grad = torch.randn(5, 4)
+    opt.step()
+    assert torch.float64 in calls
+    q = opt.state[p]["basis_0"]
+    torch.testing.assert_close(q.T @ q, torch.eye(5), atol=1e-5, rtol=0)
+
+
+def test_nan_gradient_raises_naming_parameter_and_leaves_state():
+    lin = torch.nn.Linear(4, 3)
+    opt = SOAP(lin.named_parameters(), lr=0.1)
+    for _ in range(3):
+        lin.weight.grad, lin.bias.grad = torch.randn(3, 4), torch.randn(3)
+        opt.step()
+    snap = copy.deepcopy(opt.state_dict())
+    w_before = lin.weight.detach().clone()
+    lin.weight.grad = torch.full((3, 4), float("nan"))
+    lin.bias.grad = torch.randn(3)
+    with pytest.raises(NonFiniteGradientError, match="weight"):
+        opt.step()
+    assert torch.equal(lin.weight.detach(), w_before)
+    now = opt.state_dict()
+    for idx, st in snap["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, now["state"][idx][k]), k
+
+
+def test_nan_gradient_skip_mode_skips_only_that_param():
+    a = torch.randn(3, 3, requires_grad=True)
+    b = torch.randn(3, 3, requires_grad=True)
+    opt = SOAP([a, b], nonfinite_grad="skip")
+    for _ in range(2):
+        a.grad, b.grad = torch.randn(3, 3), torch.randn(3, 3)
+        opt.step()
+    a0, b0 = a.detach().clone(), b.detach().clone()
+    a.grad, b.grad = torch.full((3, 3), float("inf")), torch.randn(3, 3)
+    opt.step()
+    assert torch.equal(a.detach(), a0)
+    assert not torch.equal(b.detach(), b0)
+    assert opt.state[a]["step"] == 1 and opt.state[b]["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs,formula",
+    [
+        ({}, lambda m, n: 2 * m * m + 2 * n * n + 3 * m * n),
+        ({"one_sided": True}, lambda m, n: 2 * min(m, n) ** 2 + 3 * m * n),
+        (
+            {"one_sided": True, "factorized": True},
+            lambda m, n: 2 * min(m, n) ** 2 + 2 * m * n + m + n,
+        ),
+    ],
+)
+def test_state_memory_matches_paper_formulas(kwargs, formula):
+    m, n = 12, 7
+    p = torch.randn(m, n, requires_grad=True)
+    opt = SOAP([p], **kwargs)
+    for _ in range(3):
+        p.grad = torch.randn(m, n)
+        opt.step()
+    floats = optimizer_state_bytes(opt) // 4 + p.grad.numel()  # the paper counts the gradient
+    assert floats == formula(m, n)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"one_sided": True},
+        {"factorized": True},
+        {"one_sided": True, "factorized": True},
+        {"normalize_grads": True},
+    ],
+)
+def test_variants_train_a_least_squares_problem(kwargs):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 10, generator=gen)
+    w_true = torch.randn(10, 6, generator=gen)
+    y = x @ w_true
+    w = torch.zeros(10, 6, requires_grad=True)
+    opt = SOAP([w], lr=0.05, weight_decay=0.0, precondition_frequency=5, **kwargs)
+    first = None
+    for _ in range(150):
+        loss = (x @ w - y).square().mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first
+
+
+def test_factorized_second_moment_is_rank_one():
+    p = torch.randn(6, 4, requires_grad=True)
+    opt = SOAP([p], factorized=True)
+    for _ in range(3):
+        p.grad = torch.randn(6, 4)
+        opt.step()
+    st = opt.state[p]
+    assert (
+        "exp_avg_sq" not in st
+        and st["exp_avg_sq_row"].shape == (6,)
+        and st["exp_avg_sq_col"].shape == (4,)
+    )
+
+
+def test_vocab_sized_dimension_gets_identity():
+    p = torch.randn(300, 8, requires_grad=True)
+    opt = SOAP([p], max_precond_dim=100)
+    for _ in range(2):
+        p.grad = torch.randn(300, 8)
+        opt.step()
+    st = opt.state[p]
+    assert "factor_0" not in st and st["factor_1"].shape == (8, 8)
+
+
+def test_step_size_uses_reference_bias_correction():
+    # One non-trivial step with no factors: |update| = lr*sqrt(1-b2)/(1-b1) * |g|/(|g|+eps).
+    p = torch.zeros(3, requires_grad=True)
+    opt = SOAP([p], lr=0.1, weight_decay=0.0)
+    for _ in range(2):
+        p.grad = torch.tensor([1.0, -2.0, 4.0])
+        opt.step()
+    # t=1: m = (1-b1) g, v = (1-b2) g^2, so m/sqrt(v) = sqrt(1-b1) sign(g) (b1 = b2) and the
+    # step is lr * sqrt(1-b2)/(1-b1) * sqrt(1-b1) = lr per coordinate.
+    expected = (
+        -0.1
+        * math.sqrt(1 - 0.95)
+        / (1 - 0.95)
+        * math.sqrt(1 - 0.95)
+        * torch.tensor([1.0, -1.0, 1.0])
+    )
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_path_matches_eager():
+    shapes = [(8, 6), (6,)]
+    pa, _ = _run(lambda ps: SOAP(ps, precondition_frequency=2), shapes, 5)
+    pb, _ = _run(lambda ps: SOAP(ps, precondition_frequency=2, compile=True), shapes, 5)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
