@@ -1,0 +1,230 @@
+"""Document sources: embedded (offline default), local files, and Hugging Face hub datasets.
+
+Every source yields plain-text documents for a split (``"train"`` or ``"validation"``).
+
+* ``embedded``: English prose that ships with every CPython installation and needs no network
+  nor any file in this repo: the pydoc reference topics (``pydoc_data.topics``) and the
+  docstrings (>= 200 characters) of modules, classes and functions in the standard library's
+  sources, read with ``ast`` (nothing is imported). About 1.6 MB of text on CPython 3.11 (~0.4M
+  tokens with an 8k BPE). Limits: technical English about Python, small, and slightly different
+  between Python versions (the prepared manifest records a content checksum).
+* ``local``: ``.txt`` (one document per file, or per blank-line-separated block with
+  ``split_paragraphs``), ``.jsonl``/``.jsonl.gz`` and ``.parquet`` (a ``text_field``), given as
+  files, directories or globs.
+* ``hf`` / ``c4``: ``datasets.load_dataset(..., streaming=True)``; ``c4`` is ``allenai/c4``,
+  config ``en`` (the paper's data).
+
+For ``embedded`` and ``local``, the train/validation split is by document with a hash of the
+document's text, so no document is in both. Hub sources use their own validation split.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import gzip
+import hashlib
+import json
+import os
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "validation")
+
+
+class DataError(RuntimeError):
+    """A data problem with a one-line message that names the fix."""
+
+
+def _in_validation(text: str, val_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    return (h % 1_000_000) < val_fraction * 1_000_000
+
+
+def _split_filter(docs: Iterator[str], split: str, val_fraction: float) -> Iterator[str]:
+    want_val = split == "validation"
+    for d in docs:
+        if _in_validation(d, val_fraction) == want_val:
+            yield d
+
+
+# ---- embedded -------------------------------------------------------------------------
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "site-packages",
+    "__pycache__",
+    "lib2to3",
+    "turtledemo",
+    "tkinter",
+}
+
+
+def embedded_documents(min_chars: int = 200) -> Iterator[str]:
+    """The embedded corpus, in a deterministic order."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        text = topics[name].strip()
+        if len(text) >= min_chars:
+            yield text
+    root = sysconfig.get_paths()["stdlib"]
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for fn in sorted(filenames):
+            if not fn.endswith(".py"):
+                continue
+            try:
+                tree = ast.parse(Path(dirpath, fn).read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, OSError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(
+                    node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+                ):
+                    doc = ast.get_docstring(node)
+                    if doc and len(doc) >= min_chars:
+                        yield doc
+
+
+# ---- local files ------------------------------------------------------------------------
+def _expand(paths: list[str] | str) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [str(paths)]
+    out: list[Path] = []
+    for spec in paths:
+        matches = (
+            sorted(glob.glob(str(spec), recursive=True))
+            if any(c in str(spec) for c in "*?[")
+            else [str(spec)]
+        )
+        if not matches:
+            raise DataError(f"data path {spec!r} matches no file: check data.paths")
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                out.extend(sorted(q for q in p.rglob("*") if q.is_file() and _supported(q)))
+            elif p.is_file():
+                out.append(p)
+            else:
+                raise DataError(f"data path {str(p)!r} does not exist: check data.paths")
+    if not out:
+        raise DataError(
+            f"no .txt/.jsonl/.jsonl.gz/.parquet files under {paths!r}: check data.paths"
+        )
+    return out
+
+
+def _supported(p: Path) -> bool:
+    n = p.name.lower()
+    return n.endswith((".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet"))
+
+
+def local_documents(
+    paths: list[str] | str, text_field: str = "text", split_paragraphs: bool = False
+) -> Iterator[str]:
+    for p in _expand(paths):
+        name = p.name.lower()
+        if name.endswith(".txt"):
+            text = p.read_text(encoding="utf-8", errors="replace")
+            if split_paragraphs:
+                yield from (b.strip() for b in text.split("\n\n") if b.strip())
+            elif text.strip():
+                yield text.strip()
+        elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+            opener = gzip.open if name.endswith(".gz") else open
+            try:
+                with opener(p, "rt", encoding="utf-8") as f:
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError:
+                            raise DataError(
+                                f"{p}:{lineno} is not valid JSON: fix or remove the line"
+                            ) from None
+                        if text_field not in rec:
+                            raise DataError(
+                                f"{p}:{lineno} has no field {text_field!r} (fields: {sorted(rec)[:8]}): set data.text_field"
+                            )
+                        if rec[text_field]:
+                            yield str(rec[text_field])
+            except (OSError, EOFError) as e:
+                raise DataError(f"cannot read {p}: {e}") from None
+        elif name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p)
+            if text_field not in table.column_names:
+                raise DataError(
+                    f"{p} has no column {text_field!r} (columns: {table.column_names}): set data.text_field"
+                )
+            for t in table.column(text_field).to_pylist():
+                if t:
+                    yield str(t)
+
+
+# ---- hub ------------------------------------------------------------------------------
+def hub_documents(
+    name: str, config: str | None, split: str, text_field: str = "text"
+) -> Iterator[str]:
+    """Stream a hub dataset. Needs network access (or a populated HF cache)."""
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - harness dependency
+        raise DataError("the 'datasets' package is missing: pip install -e '.[harness]'") from e
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+        for rec in ds:
+            if text_field not in rec:
+                raise DataError(
+                    f"dataset {name!r} has no field {text_field!r} (fields: {sorted(rec)}): set data.text_field"
+                )
+            yield rec[text_field]
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types for offline / missing datasets
+        offline = (
+            os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        )
+        hint = (
+            "unset HF_HUB_OFFLINE and check network access"
+            if offline
+            else "check network access and the dataset name"
+        )
+        raise DataError(
+            f"cannot stream {name!r}/{config} split {split!r} from the Hugging Face hub ({type(e).__name__}): {hint}, or use data=embedded / data=local"
+        ) from None
+
+
+def iter_documents(cfg: dict[str, Any], split: str) -> Iterator[str]:
+    """Documents of ``split`` for a data config (``source`` plus source-specific keys)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of {SPLITS}")
+    source = cfg.get("source", "embedded")
+    val_fraction = float(cfg.get("val_fraction", 0.05))
+    if source == "embedded":
+        return _split_filter(embedded_documents(), split, val_fraction)
+    if source == "local":
+        if not cfg.get("paths"):
+            raise DataError("data.source=local needs data.paths (files, directories or globs)")
+        docs = local_documents(
+            cfg["paths"], cfg.get("text_field", "text"), bool(cfg.get("split_paragraphs", False))
+        )
+        return _split_filter(docs, split, val_fraction)
+    if source in ("hf", "c4"):
+        name = cfg.get("name") or ("allenai/c4" if source == "c4" else None)
+        if not name:
+            raise DataError("data.source=hf needs data.name (a hub dataset id)")
+        conf = cfg.get("config", "en" if source == "c4" else None)
+        hub_split = (
+            cfg.get("validation_split", "validation")
+            if split == "validation"
+            else cfg.get("train_split", "train")
+        )
+        return hub_documents(name, conf, hub_split, cfg.get("text_field", "text"))
+    raise DataError(f"unknown data source {source!r}: use embedded, local, hf or c4")

@@ -1,0 +1,77 @@
+"""Model size presets, named by non-embedding parameters as in the SOAP paper's appendix.
+
+The paper (Vyas et al. 2024) trains 210m, 360m and 660m models with the OLMo codebase but does
+not state the exact shapes we could read; these are OLMo-style choices: head dim 64 or 128,
+width a multiple of 128, SwiGLU MLP with a hidden width near 8/3 d rounded to 128, no biases.
+"Non-embedding" excludes the input embedding and the output projection (vocabulary 32100, T5).
+``python -m models.presets`` prints the table in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAPER_VOCAB = 32100
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    nominal: int | None = None  # the size in the name (non-embedding params)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def non_embedding_params(self, qk_norm: bool = True) -> int:
+        d, f = self.d_model, self.d_ff
+        per_layer = 4 * d * d + 3 * d * f + 2 * d + (2 * d if qk_norm else 0)
+        return self.n_layers * per_layer + d  # + final norm
+
+    def total_params(self, vocab_size: int = PAPER_VOCAB, qk_norm: bool = True) -> int:
+        return self.non_embedding_params(qk_norm) + 2 * vocab_size * self.d_model
+
+
+PRESETS: dict[str, ModelPreset] = {
+    # A few million parameters (most of them embeddings): trains on a 2-core CPU in minutes.
+    "tiny": ModelPreset("tiny", d_model=128, n_layers=4, n_heads=2, d_ff=384),
+    "210m": ModelPreset(
+        "210m", d_model=1024, n_layers=16, n_heads=16, d_ff=2816, nominal=210_000_000
+    ),
+    "360m": ModelPreset(
+        "360m", d_model=1280, n_layers=18, n_heads=20, d_ff=3456, nominal=360_000_000
+    ),
+    "660m": ModelPreset(
+        "660m", d_model=1536, n_layers=24, n_heads=24, d_ff=3968, nominal=660_000_000
+    ),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    try:
+        return PRESETS[str(name)]
+    except KeyError:
+        raise ValueError(
+            f"unknown model preset {name!r}: choose one of {sorted(PRESETS)}"
+        ) from None
+
+
+def table_markdown(vocab_size: int = PAPER_VOCAB) -> str:
+    rows = [
+        "| preset | d_model | layers | heads (dim) | d_ff | non-embedding | total (vocab 32100) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in PRESETS.values():
+        rows.append(
+            f"| {p.name} | {p.d_model} | {p.n_layers} | {p.n_heads} ({p.head_dim}) | {p.d_ff} | "
+            f"{p.non_embedding_params() / 1e6:.1f}M | {p.total_params(vocab_size) / 1e6:.1f}M |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table_markdown())
