@@ -540,7 +540,7 @@ def run_training(cfg: Any) -> int:
     signals = _Signals()
     tokens_per_step = cfg.regime.global_batch * cfg.regime.seq_len
     status, message, code = "completed", None, 0
-    mf = open(metrics_path, "a") if run.is_main else None
+    mf = open(metrics_path, "a") if run.is_main else None  # noqa: SIM115 - closed in finally
     try:
         while run.step < run.steps:
             run.clock.start_step()
