@@ -145,7 +145,7 @@ def power_law(n: np.ndarray, a: float, b: float, beta: float) -> np.ndarray:
 def fit_power_law(steps: list[float], losses: list[float]) -> dict[str, Any]:
     """Least-squares fit of ``L(N) = a + b N^-beta``; needs at least 3 distinct N."""
     pts = sorted(
-        {(float(n), float(l)) for n, l in zip(steps, losses) if l is not None and math.isfinite(l)}
+        {(float(n), float(x)) for n, x in zip(steps, losses) if x is not None and math.isfinite(x)}
     )
     if len({n for n, _ in pts}) < 3:
         return {
@@ -369,6 +369,10 @@ def headline_table(a: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _mb(v: float | None) -> str:
+    return f"{v / 2**20:.1f}" if v else "-"
+
+
 def cost_table(a: dict[str, Any]) -> str:
     lines = [
         "| optimizer | tokens/s | s/step | fwd+bwd s/step | optimizer s/step | optimizer state MB | state vs adamw | peak memory MB |",
@@ -377,10 +381,9 @@ def cost_table(a: dict[str, Any]) -> str:
     for r in a["rows"]:
         if "best_lr" not in r:
             continue
-        mb = lambda v: f"{v / 2**20:.1f}" if v else "-"
         lines.append(
             f"| {r['optimizer']} | {_fmt(r.get('tokens_per_second'), digits=4)} | {_fmt(r.get('seconds_per_step'))} | {_fmt(r.get('fwd_bwd_seconds_per_step'))} | "
-            f"{_fmt(r.get('optim_seconds_per_step'))} | {mb(r.get('optimizer_state_bytes'))} | {_fmt(r.get('state_ratio_vs_adamw'), digits=3)} | {mb(r.get('peak_memory_bytes'))} |"
+            f"{_fmt(r.get('optim_seconds_per_step'))} | {_mb(r.get('optimizer_state_bytes'))} | {_fmt(r.get('state_ratio_vs_adamw'), digits=3)} | {_mb(r.get('peak_memory_bytes'))} |"
         )
     return "\n".join(lines)
 
@@ -406,7 +409,7 @@ def fit_table(a: dict[str, Any]) -> str:
         f = r.get("fit")
         if not f:
             continue
-        pts = ", ".join(f"({n:.0f}, {l:.3f})" for n, l in f["points"])
+        pts = ", ".join(f"({n:.0f}, {x:.3f})" for n, x in f["points"])
         if f["ok"]:
             res = ", ".join(f"{x:+.4f}" for x in f["residuals"])
             lines.append(
