@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from data.sources import DataError
 from scripts.checkpoint import load_checkpoint, save_checkpoint
 from scripts.clock import TargetTracker, TrainClock
 from scripts.runinfo import run_info
+from soap import NonFiniteGradientError
 
 
 class ConfigError(ValueError):
@@ -540,13 +540,18 @@ def run_training(cfg: Any) -> int:
     signals = _Signals()
     tokens_per_step = cfg.regime.global_batch * cfg.regime.seq_len
     status, message, code = "completed", None, 0
+    saved_at = run.step
     mf = open(metrics_path, "a") if run.is_main else None  # noqa: SIM115 - closed in finally
     try:
         while run.step < run.steps:
             run.clock.start_step()
             batches = run.loader.next()
             run.clock.mark("data")
-            out = train_step(run, batches)
+            try:
+                out = train_step(run, batches)
+            except NonFiniteGradientError:
+                run.optimizer.zero_grad(set_to_none=True)
+                out = {"loss": float("nan"), "skipped": 1.0}
             run.step += 1
             timing = run.clock.end_step(run.step)
             rec: dict[str, Any] = {
@@ -560,11 +565,12 @@ def run_training(cfg: Any) -> int:
             if "grad_norm" in out:
                 rec["grad_norm"] = out["grad_norm"]
             if out.get("skipped"):
+                # A skipped iteration consumed its batch but took no optimizer step.
                 run.bad_steps += 1
                 rec["skipped"] = True
                 if run.bad_steps > cfg.train.max_bad_steps:
                     status, code = "diverged", EXIT_DIVERGED
-                    message = f"non-finite loss at step {run.step}; stopped (the last good checkpoint in {run_dir} is kept). Lower optimizer.lr or raise train.max_bad_steps"
+                    message = f"non-finite loss or gradient at step {run.step}; stopped, the last good checkpoint (step {saved_at}) in {run_dir} is kept. Lower optimizer.lr or raise train.max_bad_steps"
                     run.step -= 1
                     break
             if run.step % cfg.train.eval_every == 0 or run.step == run.steps:
@@ -585,25 +591,22 @@ def run_training(cfg: Any) -> int:
                 tok_s=f"{tokens_per_step / max(timing['time_step'], 1e-9):.0f}",
             )
             if run.tracker.reached is not None and cfg.train.stop_at_target:
-                message = f"target {cfg.train.target_loss} reached at step {run.tracker.reached['step']:.1f}"
+                checkpoint(run)
+                saved_at = run.step
+                message = f"target {cfg.train.target_loss} reached at step {run.tracker.reached['step']:.1f}; stopped (train.stop_at_target)"
                 break
             if signals.received is not None:
                 checkpoint(run)
                 status, code = "interrupted", EXIT_INTERRUPTED
-                message = f"stopped by signal {signals.received} at step {run.step}; checkpoint saved. Resume with the same command (resume=auto)"
+                message = f"stopped by signal {signals.received} at step {run.step}; checkpoint saved in {run_dir}. Resume with the same command (resume=auto)"
                 break
             if run.step % cfg.train.checkpoint_every == 0 or run.step == run.steps:
                 checkpoint(run)
-        else:
-            checkpoint(run)
-        if status == "completed" and run.step < run.steps and not cfg.train.stop_at_target:
-            status = "interrupted"
+                saved_at = run.step
     finally:
         bar.close()
         if mf is not None:
             mf.close()
-    if status == "completed" and run.step >= run.steps:
-        checkpoint(run)
     summary = write_summary(run, status, message)
     if wb is not None:
         wb.summary.update({k: v for k, v in summary.items() if not isinstance(v, list)})
@@ -643,9 +646,7 @@ def main() -> None:
         if code:
             sys.exit(code)
 
-    t0 = time.time()
     _app()
-    del t0
 
 
 if __name__ == "__main__":

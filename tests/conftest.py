@@ -17,3 +17,9 @@ warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One prepared-data cache for the whole session (tokenizer training runs once)."""
+    return tmp_path_factory.mktemp("cache")

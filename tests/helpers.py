@@ -1,0 +1,75 @@
+"""Shared helpers: compose a training config like the CLI does, and run it in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+# Small and fast: seq_len 64, 8 sequences per step.
+FAST = [
+    "model=tiny",
+    "regime=cpu",
+    "regime.seq_len=64",
+    "regime.global_batch=8",
+    "regime.micro_batch=8",
+    "train.eval_sequences=16",
+    "train.eval_batch_size=16",
+    "train.progress=false",
+    "train.clock_skip_steps=1",
+]
+
+
+def compose(overrides: list[str], cache_dir: Path):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hcompose(
+            config_name="train", overrides=[*FAST, f"cache_dir={cache_dir}", *overrides]
+        )
+
+
+def run_inprocess(overrides: list[str], cache_dir: Path) -> int:
+    from scripts.train import run_training
+
+    return run_training(compose(overrides, cache_dir))
+
+
+def cli(
+    args: list[str],
+    cache_dir: Path,
+    env: dict | None = None,
+    timeout: int = 300,
+    launcher: list[str] | None = None,
+) -> subprocess.CompletedProcess:
+    e = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    cmd = (launcher or [sys.executable, "-m"]) + [
+        "scripts.train",
+        *FAST,
+        f"cache_dir={cache_dir}",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [
+        json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()
+    ]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,192 @@
+"""Sources, tokenizer, prepare (cache, manifest, errors) and the loaders."""
+
+import gzip
+import json
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from data.loader import PackedSequences, TrainLoader, validation_batches
+from data.prepare import _dtype_for, prepare, verify
+from data.sources import DataError, embedded_documents, iter_documents
+
+EMB = {"source": "embedded", "val_fraction": 0.05, "tokenizer": {"kind": "bpe", "vocab_size": 4096}}
+
+
+@pytest.fixture(scope="module")
+def prepared(cache_dir):
+    return prepare(EMB, 64, cache_dir, progress=False)
+
+
+def test_embedded_corpus_is_deterministic_english():
+    a = list(islice(embedded_documents(), 50))
+    b = list(islice(embedded_documents(), 50))
+    assert a == b and all(len(d) >= 200 for d in a)
+    total = sum(len(d) for d in embedded_documents())
+    assert total > 1_000_000
+
+
+def test_split_never_leaks():
+    train = set(iter_documents(EMB, "train"))
+    val = set(iter_documents(EMB, "validation"))
+    assert val and train and not (train & val)
+
+
+def test_prepare_manifest_and_cache_reuse(prepared, cache_dir):
+    m = prepared.manifest
+    assert m["tokenizer"]["vocab_size"] == 4096 and m["dtype"] == "uint16" and m["seq_len"] == 64
+    assert m["splits"]["train"]["sequences"] > 1000 and m["splits"]["validation"]["sequences"] > 10
+    shard = prepared.root / m["splits"]["train"]["shards"][0]["file"]
+    mtime = shard.stat().st_mtime_ns
+    again = prepare(EMB, 64, cache_dir, progress=False)
+    assert again.root == prepared.root and shard.stat().st_mtime_ns == mtime
+    seqs = PackedSequences(prepared, "train")
+    x = seqs.get([0, 1])
+    assert x.shape == (2, 64) and int(x.max()) < 4096
+    assert (seqs.get(range(len(seqs))) == m["tokenizer"]["eos_id"]).any()  # end-of-document tokens
+
+
+def test_corrupt_shard_is_detected(prepared, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(prepared.root, root)
+    shard = root / prepared.manifest["splits"]["train"]["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="checksum"):
+        verify(root, prepared.manifest)
+    shard.write_bytes(bytes(data[:-2]))
+    with pytest.raises(DataError, match="bytes"):
+        verify(root, prepared.manifest, full=False)
+    shard.unlink()
+    with pytest.raises(DataError, match="missing"):
+        verify(root, prepared.manifest)
+
+
+def _local_corpus(tmp_path):
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "optimizers", "rotate", "gradients"]
+    rng = np.random.default_rng(0)
+    docs = [" ".join(rng.choice(words, size=120)) for _ in range(120)]
+    (tmp_path / "a.txt").write_text(docs[0])
+    with open(tmp_path / "b.jsonl", "w") as f:
+        for d in docs[1:60]:
+            f.write(json.dumps({"text": d, "id": 1}) + "\n")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        for d in docs[60:100]:
+            f.write(json.dumps({"text": d}) + "\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs[100:]}), tmp_path / "d.parquet")
+    return docs
+
+
+def test_local_sources_all_formats(tmp_path, cache_dir):
+    docs = _local_corpus(tmp_path)
+    cfg = {"source": "local", "paths": [str(tmp_path)], "val_fraction": 0.1}
+    got = list(iter_documents(cfg, "train")) + list(iter_documents(cfg, "validation"))
+    assert sorted(got) == sorted(docs)
+    glob_cfg = {"source": "local", "paths": [str(tmp_path / "*.jsonl*")]}
+    assert (
+        len(list(iter_documents(glob_cfg, "train")))
+        + len(list(iter_documents(glob_cfg, "validation")))
+        == 99
+    )
+    prep = prepare(
+        {**cfg, "tokenizer": {"kind": "bpe", "vocab_size": 300}}, 16, cache_dir, progress=False
+    )
+    assert prep.manifest["splits"]["train"]["sequences"] > 0
+
+
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"source": "local", "paths": ["/nonexistent/x.txt"]}, "does not exist"),
+        ({"source": "local", "paths": ["/nonexistent/*.jsonl"]}, "matches no file"),
+        ({"source": "local"}, "needs data.paths"),
+        ({"source": "nope"}, "unknown data source"),
+    ],
+)
+def test_bad_sources(cfg, match):
+    with pytest.raises(DataError, match=match):
+        list(iter_documents(cfg, "train"))
+
+
+def test_missing_text_field_and_empty_corpus(tmp_path, cache_dir):
+    (tmp_path / "x.jsonl").write_text(json.dumps({"body": "hello"}) + "\n")
+    with pytest.raises(DataError, match="no field 'text'"):
+        list(iter_documents({"source": "local", "paths": [str(tmp_path / "x.jsonl")]}, "train"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "e.txt").write_text("   ")
+    with pytest.raises(DataError):
+        prepare(
+            {
+                "source": "local",
+                "paths": [str(empty)],
+                "tokenizer": {"kind": "bpe", "vocab_size": 300},
+            },
+            16,
+            cache_dir,
+            progress=False,
+        )
+
+
+def test_vocab_too_large_for_dtype():
+    with pytest.raises(DataError, match="does not fit uint16"):
+        _dtype_for(70000, "uint16")
+    assert _dtype_for(70000).name == "uint32" and _dtype_for(32100).name == "uint16"
+
+
+def test_hub_source_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="Hugging Face hub"):
+        next(iter(iter_documents({"source": "c4"}, "train")))
+
+
+def test_pretrained_tokenizer_offline_gives_clear_error(cache_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = {**EMB, "tokenizer": {"kind": "pretrained", "name": "definitely-not-cached/tokenizer"}}
+    with pytest.raises(DataError, match="cannot load tokenizer"):
+        prepare(cfg, 64, cache_dir / "other", progress=False)
+
+
+def test_loader_is_deterministic_resumable_and_rank_disjoint(prepared):
+    data = PackedSequences(prepared, "train")
+    one = TrainLoader(data, micro_batch=2, grad_accum=2, world_size=2, rank=0, seed=7)
+    a = [torch.cat(one.next()) for _ in range(5)]
+    state = one.state_dict()
+    a_next = torch.cat(one.next())
+    again = TrainLoader(data, micro_batch=2, grad_accum=2, world_size=2, rank=0, seed=7)
+    again.load_state_dict(state)
+    assert torch.equal(torch.cat(again.next()), a_next)
+    # Ranks take disjoint parts; together they are the single-process global batch.
+    r0 = TrainLoader(data, 2, 2, 2, 0, seed=7)
+    r1 = TrainLoader(data, 2, 2, 2, 1, seed=7)
+    single = TrainLoader(data, 2, 4, 1, 0, seed=7)
+    for _ in range(3):
+        x0, x1, s = torch.cat(r0.next()), torch.cat(r1.next()), torch.cat(single.next())
+        rows0 = {tuple(r.tolist()) for r in x0}
+        rows1 = {tuple(r.tolist()) for r in x1}
+        assert not rows0 & rows1
+        assert rows0 | rows1 == {tuple(r.tolist()) for r in s}
+    assert not torch.equal(a[0], a[1])
+
+
+def test_loader_wraps_epochs_and_validation_is_fixed(prepared):
+    data = PackedSequences(prepared, "train")
+    loader = TrainLoader(data, micro_batch=len(data) // 2, grad_accum=1)
+    for _ in range(3):
+        loader.next()
+    assert loader.epoch == 1
+    val = PackedSequences(prepared, "validation")
+    v1 = validation_batches(val, 8, 4)
+    v2 = validation_batches(val, 8, 4)
+    assert all(torch.equal(x, y) for x, y in zip(v1, v2)) and sum(len(x) for x in v1) == 8
+    with pytest.raises(DataError, match="exceeds"):
+        TrainLoader(data, micro_batch=len(data) + 1, grad_accum=1)
