@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 from .functional import ShapePlan, from_working, to_working
 
 NONFINITE_MODES = ("raise", "skip")
+BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -141,7 +142,10 @@ class BucketedOptimizer(Optimizer):
                 plan = self._plan(p, group)
                 layout = self._layout(plan, group)
                 key = (plan, layout, self.state[p].get("step", -1), p.device, p.dtype)
-                if not group["foreach"]:
+                # Stacking pays for many small matrices (one batched kernel instead of many
+                # launches); for large ones a batched matmul is slower than separate ones
+                # (measured on CPU: 15-25% for 32100x256), so they stay on their own.
+                if not group["foreach"] or p.numel() > BATCH_MAX_NUMEL:
                     key = key + (id(p),)
                 buckets[key].append(p)
             for (plan, layout, *_), ps in buckets.items():
@@ -168,8 +172,12 @@ class BucketedOptimizer(Optimizer):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return params
-        flags = torch.stack([torch.isfinite(p.grad).all() for p in params])
-        if bool(flags.all()):  # one device sync per group
+        # Max-abs norm: one fused pass over all gradients, NaN/inf propagate, and unlike a sum
+        # it cannot overflow on finite values. One device sync per group.
+        flags = torch.isfinite(
+            torch.stack(torch._foreach_norm([p.grad for p in params], float("inf")))
+        )
+        if bool(flags.all()):
             return params
         bad = [p for p, ok in zip(params, flags.tolist()) if not ok]
         if group["nonfinite_grad"] == "raise":

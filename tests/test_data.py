@@ -68,7 +68,21 @@ def test_corrupt_shard_is_detected(prepared, tmp_path):
 
 
 def _local_corpus(tmp_path):
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "optimizers", "rotate", "gradients"]
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "while",
+        "optimizers",
+        "rotate",
+        "gradients",
+    ]
     rng = np.random.default_rng(0)
     docs = [" ".join(rng.choice(words, size=120)) for _ in range(120)]
     (tmp_path / "a.txt").write_text(docs[0])

@@ -1,0 +1,288 @@
+"""The report on synthetic run directories whose answers are computable by hand."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+
+from scripts.report import (
+    analyse,
+    crossing,
+    fit_power_law,
+    load_runs,
+    main,
+    steps_for,
+    write_report,
+)
+
+# Exact power laws L(N) = a + b N^-beta for each optimizer's final loss vs run length.
+LAWS = {"adamw": (2.0, 20.0, 0.5), "soap": (2.0, 12.0, 0.5), "shampoo": (2.0, 16.0, 0.5)}
+SECONDS_PER_STEP = {"adamw": 1.0, "soap": 1.2, "shampoo": 1.1}
+FULL = 400
+
+
+def _law(opt, n):
+    a, b, beta = LAWS[opt]
+    return a + b * n ** (-beta)
+
+
+def make_run(
+    root,
+    opt,
+    lr,
+    fraction,
+    history,
+    status="completed",
+    seed=0,
+    freq=10,
+    final=None,
+    write_summary=True,
+):
+    d = root / opt / f"lr{lr:g}_f{fraction:g}_s{seed}_q{freq}"
+    d.mkdir(parents=True)
+    cfg = {
+        "optimizer_name": opt,
+        "optimizer": {"lr": lr},
+        "model": {"preset": "tiny"},
+        "regime": {"name": "cpu", "precondition_frequency": freq},
+        "train": {"fraction": fraction},
+        "seed": seed,
+    }
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if write_summary:
+        s = {
+            "status": status,
+            "optimizer": opt,
+            "lr": lr,
+            "model": "tiny",
+            "regime": "cpu",
+            "seed": seed,
+            "fraction": fraction,
+            "precondition_frequency": freq,
+            "steps": history[-1]["step"] if history else 0,
+            "final_eval_loss": final
+            if final is not None
+            else (history[-1]["eval_loss"] if history else None),
+            "seconds_per_step": SECONDS_PER_STEP.get(opt, 1.0),
+            "fwd_bwd_seconds_per_step": 0.8,
+            "optim_seconds_per_step": SECONDS_PER_STEP.get(opt, 1.0) - 0.8,
+            "tokens_per_second": 1000.0,
+            "optimizer_state_bytes": {"adamw": 100, "soap": 180, "shampoo": 170}.get(opt, 100),
+            "peak_memory_bytes": 2**20,
+            "eval_history": history,
+        }
+        (d / "summary.json").write_text(json.dumps(s))
+    return d
+
+
+def power_law_runs(root, bad_lr_penalty=0.3):
+    for opt in LAWS:
+        for frac in (0.5, 0.625, 0.75, 0.875, 1.0):
+            n = round(FULL * frac)
+            # The eval history of a run follows its own law up to n (evals every 50 steps).
+            hist = [
+                {"step": s, "eval_loss": _law(opt, s), "train_seconds": s * SECONDS_PER_STEP[opt]}
+                for s in range(50, n + 1, 50)
+            ]
+            if hist[-1]["step"] != n:
+                hist.append(
+                    {
+                        "step": n,
+                        "eval_loss": _law(opt, n),
+                        "train_seconds": n * SECONDS_PER_STEP[opt],
+                    }
+                )
+            make_run(root, opt, 3e-3, frac, hist)
+        # A worse learning rate at full length (must not be picked).
+        hist = [
+            {"step": FULL, "eval_loss": _law(opt, FULL) + bad_lr_penalty, "train_seconds": FULL}
+        ]
+        make_run(root, opt, 1e-2, 1.0, hist)
+
+
+def test_exact_power_laws_give_hand_computed_savings(tmp_path):
+    power_law_runs(tmp_path)
+    a = analyse(load_runs(tmp_path), target=None)
+    target = _law("adamw", FULL)
+    assert a["target"] == pytest.approx(target)
+    rows = {r["optimizer"]: r for r in a["rows"]}
+    for opt, (la, lb, lbeta) in LAWS.items():
+        r = rows[opt]
+        assert r["best_lr"] == 3e-3
+        f = r["fit"]
+        assert (
+            f["ok"]
+            and f["a"] == pytest.approx(la, abs=1e-3)
+            and f["beta"] == pytest.approx(lbeta, abs=1e-3)
+        )
+        expected_n = (lb / (target - la)) ** (1 / lbeta)  # hand: N = (b / (target - a))^(1/beta)
+        assert r["fit_steps"] == pytest.approx(expected_n, rel=1e-3)
+        assert r["fit_seconds"] == pytest.approx(expected_n * SECONDS_PER_STEP[opt], rel=1e-3)
+    # AdamW needs 400; SOAP needs 400 * (12/20)^2 = 144 -> saves 64%; Shampoo 400*(16/20)^2 = 256.
+    assert rows["soap"]["fit_steps_saved_vs_adamw"] == pytest.approx(1 - 144 / 400, abs=1e-3)
+    assert rows["soap"]["fit_steps_saved_vs_shampoo"] == pytest.approx(1 - 144 / 256, abs=1e-3)
+    assert rows["soap"]["fit_seconds_saved_vs_adamw"] == pytest.approx(
+        1 - 144 * 1.2 / 400, abs=1e-3
+    )
+    assert rows["soap"]["state_ratio_vs_adamw"] == pytest.approx(1.8)
+    # Crossing from the eval history: SOAP's law hits the target between evals at 100 and 150.
+    assert rows["soap"]["cross_steps"] == pytest.approx(
+        100 + 50 * (_law("soap", 100) - target) / (_law("soap", 100) - _law("soap", 150))
+    )
+    assert rows["adamw"]["cross_steps"] == pytest.approx(FULL)
+
+
+def test_crossing_between_two_evals_and_never():
+    h = [
+        {"step": 10, "eval_loss": 3.0, "train_seconds": 10.0},
+        {"step": 20, "eval_loss": 2.0, "train_seconds": 30.0},
+    ]
+    assert crossing(h, 2.5) == pytest.approx((15.0, 20.0))
+    assert crossing(h, 3.5) == (10.0, 10.0)
+    assert crossing(h, 1.0) == (float("inf"), float("inf"))
+
+
+def test_fit_needs_three_points_and_unreachable_target():
+    f = fit_power_law([100, 200], [3.0, 2.8])
+    assert not f["ok"] and "too few points" in f["reason"]
+    n = np.array([100, 200, 400, 800])
+    f = fit_power_law(n.tolist(), (2.5 + 10 * n**-0.5).tolist())
+    assert f["ok"] and steps_for(f, 2.4) == float("inf")
+
+
+def test_diverged_crashed_and_missing_optimizers(tmp_path):
+    hist = [
+        {"step": 100, "eval_loss": 3.0, "train_seconds": 100.0},
+        {"step": 200, "eval_loss": 2.5, "train_seconds": 200.0},
+    ]
+    make_run(tmp_path, "adamw", 3e-3, 1.0, hist)
+    make_run(
+        tmp_path,
+        "soap",
+        3e-3,
+        1.0,
+        [{"step": 50, "eval_loss": 4.0, "train_seconds": 50.0}],
+        status="diverged",
+    )
+    make_run(tmp_path, "shampoo", 3e-3, 1.0, [], write_summary=False)  # crashed: no summary at all
+    runs = load_runs(tmp_path)
+    assert {r["optimizer"]: r["status"] for r in runs} == {
+        "adamw": "completed",
+        "soap": "diverged",
+        "unknown": "crashed",
+    } or len(runs) == 3
+    a = analyse(runs, target=None)
+    rows = {r["optimizer"]: r for r in a["rows"]}
+    assert rows["soap"]["cross_steps"] == float("inf")  # counted, as not reached
+    assert rows["soap"]["final_eval_loss"] == float("inf")
+    assert "too few points" in rows["adamw"]["fit"]["reason"]  # a single-point group
+    res = write_report(tmp_path, command="test")
+    md = (res["out"] / "report.md").read_text()
+    assert "not reached" in md and "diverged" in md and "crashed" in md
+
+
+def test_missing_baseline_is_reported(tmp_path):
+    make_run(tmp_path, "soap", 3e-3, 1.0, [{"step": 10, "eval_loss": 3.0, "train_seconds": 1.0}])
+    a = analyse(load_runs(tmp_path), target=None)
+    assert a["target"] is None and any("--target" in n for n in a["notes"])
+    a = analyse(load_runs(tmp_path), target=3.5)
+    assert a["rows"][0]["cross_steps"] == 10
+
+
+def test_outputs_and_cli(tmp_path, capsys):
+    power_law_runs(tmp_path)
+    for freq in (1, 32, 100):  # a frequency ablation
+        make_run(
+            tmp_path,
+            "soap",
+            3e-3,
+            1.0,
+            [{"step": FULL, "eval_loss": 2.6 + freq / 1000, "train_seconds": 1.0}],
+            freq=freq,
+        )
+        make_run(
+            tmp_path,
+            "shampoo",
+            3e-3,
+            1.0,
+            [{"step": FULL, "eval_loss": 2.7 + freq / 500, "train_seconds": 1.0}],
+            freq=freq,
+        )
+    assert main([str(tmp_path)]) == 0
+    out = tmp_path / "report"
+    printed = capsys.readouterr().out
+    assert "| soap |" in printed and "dashboard" in printed
+    for f in (
+        "report.md",
+        "summary.csv",
+        "loss_vs_iterations.png",
+        "loss_vs_wallclock.png",
+        "lr_sweep.png",
+        "fits.png",
+        "frequency_ablation.png",
+        "dashboard/index.html",
+    ):
+        assert (out / f).exists(), f
+    import pandas as pd
+
+    df = pd.read_csv(out / "summary.csv")
+    assert len(df) == len(load_runs(tmp_path))
+    md = (out / "report.md").read_text()
+    assert "python -m scripts.report" in md and "| optimizer | best lr |" in md
+    assert main([str(tmp_path / "nope")]) == 2
+
+
+def _chromium():
+    return (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
+
+
+@pytest.mark.skipif(
+    _chromium() is None, reason="headless chromium not installed (.ci/run installs it)"
+)
+def test_dashboard_renders_in_headless_browser(tmp_path):
+    power_law_runs(tmp_path)
+    res = write_report(tmp_path, command="test")
+    url = res["dashboard"].resolve().as_uri()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+    ]
+    r = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    dom = r.stdout
+    n_images = dom.count("<img")
+    assert n_images >= 4
+    assert 'data-rendered="ok"' in dom, dom[:500]
+    assert f'data-images="{n_images}/{n_images}"' in dom
+    assert "<table>" in dom and "soap" in dom
+    console_errors = [
+        ln
+        for ln in r.stderr.splitlines()
+        if "CONSOLE" in ln and ("Uncaught" in ln or "Error" in ln)
+    ]
+    assert not console_errors, console_errors
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,1600", url],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000
