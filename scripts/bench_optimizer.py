@@ -86,7 +86,7 @@ def bench(
         params = [x.clone().to(device).requires_grad_() for x in init]
         opt = make(params)
         times = []
-        for i in range(steps + 1):
+        for _ in range(steps + 1):
             for p, g in zip(params, grads):
                 p.grad = g
             _sync(device)
