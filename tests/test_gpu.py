@@ -1,0 +1,49 @@
+"""CUDA checks (``pytest -m gpu``; skipped without a GPU)."""
+
+import pytest
+import torch
+
+from soap import SOAP, Shampoo
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("cls", [SOAP, Shampoo])
+def test_cuda_matches_cpu(cls):
+    torch.backends.cuda.matmul.allow_tf32 = True  # the optimizer must switch TF32 off itself
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 16), (16, 16), (24,), (32, 32)]
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+    grads = [[torch.randn(*s, generator=gen) for s in shapes] for _ in range(12)]
+    cpu = [x.clone().requires_grad_() for x in init]
+    gpu = [x.clone().cuda().requires_grad_() for x in init]
+    oc, og = cls(cpu, precondition_frequency=3), cls(gpu, precondition_frequency=3)
+    for gs in grads:
+        for a, b, g in zip(cpu, gpu, gs):
+            a.grad, b.grad = g.clone(), g.cuda()
+        oc.step()
+        og.step()
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(b.detach().cpu(), a.detach(), rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_params_on_cuda():
+    p = torch.randn(64, 48, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    opt = SOAP([p], precondition_frequency=2)
+    for _ in range(5):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    assert p.dtype == torch.bfloat16 and opt.state[p]["basis_0"].dtype == torch.float32
+    assert torch.isfinite(p).all()
+
+
+def test_trainer_bf16_on_cuda(tmp_path, cache_dir):
+    from tests.helpers import metrics, run_inprocess, summary
+
+    run_dir = tmp_path / "gpu"
+    code = run_inprocess(["optimizer=soap", "train.max_steps=20", "train.eval_every=10", f"run_dir={run_dir}"], cache_dir)
+    assert code == 0
+    m = metrics(run_dir)
+    assert m[-1]["loss"] < m[0]["loss"]
+    s = summary(run_dir)
+    assert s["peak_memory_bytes"] > 0 and "cuda" in (run_dir / "env.json").read_text()
