@@ -6,7 +6,6 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
-export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install test test-all lint format bench-optim bench-data demo demo-quick reproduce report clean
 

@@ -21,6 +21,7 @@ document's text, so no document is in both. Hub sources use their own validation
 from __future__ import annotations
 
 import ast
+import functools
 import glob
 import gzip
 import hashlib
@@ -65,6 +66,16 @@ _SKIP_DIRS = {
 
 def embedded_documents(min_chars: int = 200) -> Iterator[str]:
     """The embedded corpus, in a deterministic order."""
+    yield from _embedded_list(min_chars)
+
+
+@functools.lru_cache(maxsize=2)
+def _embedded_list(min_chars: int) -> tuple[str, ...]:
+    """Parsed once per process (parsing the stdlib dominates a cold prepare otherwise)."""
+    return tuple(_embedded_scan(min_chars))
+
+
+def _embedded_scan(min_chars: int) -> Iterator[str]:
     from pydoc_data.topics import topics
 
     for name in sorted(topics):

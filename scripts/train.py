@@ -627,7 +627,7 @@ def main() -> None:
     from omegaconf import DictConfig
 
     @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-    def _app(cfg: DictConfig) -> None:
+    def _app(cfg: DictConfig) -> float | None:
         try:
             code = run_training(cfg)
         except (ConfigError, DataError) as e:
@@ -645,6 +645,9 @@ def main() -> None:
                 raise
         if code:
             sys.exit(code)
+        # Sweepers (e.g. Optuna) minimise the returned value: the final eval loss.
+        summary = Path(cfg.run_dir) / "summary.json"
+        return json.loads(summary.read_text()).get("final_eval_loss") if summary.exists() else None
 
     _app()
 

@@ -5,7 +5,10 @@ import torch
 
 from soap import SOAP, Shampoo
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 
 @pytest.mark.parametrize("cls", [SOAP, Shampoo])
@@ -17,7 +20,10 @@ def test_cuda_matches_cpu(cls):
     grads = [[torch.randn(*s, generator=gen) for s in shapes] for _ in range(12)]
     cpu = [x.clone().requires_grad_() for x in init]
     gpu = [x.clone().cuda().requires_grad_() for x in init]
-    oc, og = cls(cpu, precondition_frequency=3), cls(gpu, precondition_frequency=3)
+    # Shampoo's 1-D factor is rank-deficient for its first steps; with eps=1e-12 its inverse
+    # root amplifies null-space rounding noise (device-dependent), so compare at eps=1e-3.
+    kw = {"epsilon": 1e-3} if cls is Shampoo else {}
+    oc, og = cls(cpu, precondition_frequency=3, **kw), cls(gpu, precondition_frequency=3, **kw)
     for gs in grads:
         for a, b, g in zip(cpu, gpu, gs):
             a.grad, b.grad = g.clone(), g.cuda()
@@ -41,7 +47,10 @@ def test_trainer_bf16_on_cuda(tmp_path, cache_dir):
     from tests.helpers import metrics, run_inprocess, summary
 
     run_dir = tmp_path / "gpu"
-    code = run_inprocess(["optimizer=soap", "train.max_steps=20", "train.eval_every=10", f"run_dir={run_dir}"], cache_dir)
+    code = run_inprocess(
+        ["optimizer=soap", "train.max_steps=20", "train.eval_every=10", f"run_dir={run_dir}"],
+        cache_dir,
+    )
     assert code == 0
     m = metrics(run_dir)
     assert m[-1]["loss"] < m[0]["loss"]

@@ -1,0 +1,49 @@
+"""The main job end to end (shortened) and the Makefile targets."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import REPO
+
+
+def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
+    from scripts.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--quick", "--out", str(out), f"cache_dir={cache_dir}"]) == 0
+    printed = capsys.readouterr().out
+    assert "| soap |" in printed and "| adamw |" in printed and "| shampoo |" in printed
+    report = out / "report"
+    assert (report / "report.md").exists() and (report / "dashboard" / "index.html").exists()
+    assert (report / "fits.png").exists() and (report / "summary.csv").exists()
+    fractions = {p.name for p in (out / "soap").iterdir()}
+    assert any("frac0.5" in f for f in fractions) and any("frac0.75" in f for f in fractions)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_makefile_targets_exist():
+    r = subprocess.run(
+        [
+            "make",
+            "-n",
+            "install",
+            "test",
+            "lint",
+            "bench-optim",
+            "bench-data",
+            "demo",
+            "reproduce",
+            "report",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (
+        "pytest" in r.stdout
+        and "scripts.demo" in r.stdout
+        and "scripts.bench_optimizer" in r.stdout
+    )
