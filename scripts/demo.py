@@ -16,17 +16,22 @@ from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
+# LR grids in half-decade steps; a grid whose best value sits on its edge is extended (up to
+# max_extend values) so that every optimizer is compared at an interior optimum.
+STEP = 10**0.5
 FULL = {
     "steps": 200,
     "eval_every": 20,
     "lrs": {"adamw": [1e-3, 3e-3, 1e-2], "shampoo": [1e-3, 3e-3, 1e-2], "soap": [1e-3, 3e-3, 1e-2]},
     "fractions": [0.5, 0.75],
+    "max_extend": 2,
 }
 QUICK = {
     "steps": 4,
     "eval_every": 2,
     "lrs": {"adamw": [3e-3, 1e-2], "shampoo": [3e-3], "soap": [3e-3]},
     "fractions": [0.5, 0.75],
+    "max_extend": 0,
 }
 
 
@@ -77,14 +82,36 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t0 = time.time()
     n_cells = sum(len(v) for v in plan["lrs"].values()) + 2 * len(plan["fractions"])
-    print(f"demo: {n_cells} runs into {out} (tiny model, cpu regime, embedded data)", flush=True)
+    print(
+        f"demo: {n_cells} runs (more if a grid needs extending) into {out} (tiny model, cpu regime, embedded data)",
+        flush=True,
+    )
     best: dict[str, tuple[float, float]] = {}
     for opt, lrs in plan["lrs"].items():
-        for lr in lrs:
+        losses: dict[float, float] = {}
+        queue = list(lrs)
+        extended = 0
+        while queue:
+            lr = queue.pop(0)
             s = run_cell(out, opt, lr, 1.0, plan, args.overrides)
             loss = s.get("final_eval_loss") if s.get("status") == "completed" else None
-            if loss is not None and (opt not in best or loss < best[opt][1]):
-                best[opt] = (lr, loss)
+            losses[lr] = loss if loss is not None else float("inf")
+            if not queue and extended < plan["max_extend"]:
+                grid = sorted(losses)
+                top = min(grid, key=lambda x: losses[x])
+                if top == grid[-1]:
+                    queue.append(float(f"{top * STEP:.3g}"))
+                elif top == grid[0]:
+                    queue.append(float(f"{top / STEP:.3g}"))
+                if queue:
+                    extended += 1
+                    print(
+                        f"demo: best {opt} lr {top:g} is on the grid's edge; adding lr {queue[0]:g}",
+                        flush=True,
+                    )
+        top = min(losses, key=lambda x: losses[x])
+        if losses[top] < float("inf"):
+            best[opt] = (top, losses[top])
     for opt in ("soap", "adamw"):
         if opt in best:
             for frac in plan["fractions"]:

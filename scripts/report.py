@@ -265,9 +265,13 @@ def analyse(
             secs = [c[1] for c in cross]
             row["cross_steps"] = float(np.mean(its))
             row["cross_seconds"] = float(np.mean(secs))
+            # Sample standard deviation across seeds (runs of the best LR at full length).
             row["cross_steps_std"] = (
-                float(np.std(its)) if len(its) > 1 and all(map(math.isfinite, its)) else None
+                float(np.std(its, ddof=1))
+                if len(its) > 1 and all(map(math.isfinite, its))
+                else None
             )
+            row["n_seeds"] = len(its)
             fit = fit_power_law(
                 [r["steps"] for r in mine if r["status"] == "completed"],
                 [r["final_eval_loss"] for r in mine if r["status"] == "completed"],
@@ -357,7 +361,12 @@ def headline_table(a: dict[str, Any]) -> str:
                     if r.get("fit", {}).get("ok")
                     else (r.get("fit", {}).get("reason", "-") if "fit" in r else "-"),
                     _fmt(r.get(f"fit_steps_saved_vs_{b}"), pct=True),
-                    _fmt(r.get("cross_steps"), digits=4),
+                    _fmt(r.get("cross_steps"), digits=4)
+                    + (
+                        f" ± {r['cross_steps_std']:.3g} ({r['n_seeds']} seeds)"
+                        if r.get("cross_steps_std") is not None
+                        else ""
+                    ),
                     _fmt(r.get(f"cross_steps_saved_vs_{b}"), pct=True),
                     _fmt(r.get("fit_seconds"), digits=4),
                     _fmt(r.get(f"fit_seconds_saved_vs_{b}"), pct=True),
@@ -623,6 +632,31 @@ window.addEventListener('load', function () {{
     return path
 
 
+def provenance(runs: list[dict[str, Any]]) -> str:
+    """Hardware, date, git SHA and library versions, read from the runs' env.json."""
+    infos = []
+    for r in runs:
+        p = Path(r["run_dir"]) / "env.json"
+        if p.exists():
+            infos.append((p.stat().st_mtime, json.loads(p.read_text())))
+    if not infos:
+        return "Provenance: no env.json in the run directories."
+    import datetime as dt
+
+    first, last = min(t for t, _ in infos), max(t for t, _ in infos)
+    info = infos[-1][1]
+    hw = info.get("hardware", {})
+    gpus = ", ".join(hw.get("gpus", [])) or "no GPU"
+    shas = sorted({i.get("git_sha") or "?" for _, i in infos})
+    v = info.get("versions", {})
+    day = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: E731
+    return (
+        f"Runs from {day(first)} to {day(last)} on {hw.get('cpu_model', hw.get('machine', '?'))} "
+        f"({hw.get('cpu_count')} CPUs, {hw.get('memory_gib', '?')} GiB), {gpus}; git {', '.join(shas)}; "
+        f"torch {v.get('torch')}, transformers {v.get('transformers')}, python {v.get('python')}."
+    )
+
+
 def write_report(
     runs_dir: str | Path,
     out: str | Path | None = None,
@@ -645,7 +679,14 @@ def write_report(
     )
     a = analyse(runs, target, baseline)
     analyses = a["multi"] if "multi" in a else {f"{runs[0]['model']}/{runs[0]['regime']}": a}
-    md = [f"# Optimizer comparison: {runs_dir}", "", f"Produced by `{command}`.", ""]
+    md = [
+        f"# Optimizer comparison: {runs_dir}",
+        "",
+        f"Produced by `{command}`.",
+        "",
+        provenance(runs),
+        "",
+    ]
     md += [
         "Terms: an iteration is one optimizer step; wall-clock is training time only (device synchronised, eval/checkpoint/warm-up excluded); the target is an eval loss (default: the baseline's final eval loss at full length, its best LR). Savings are 1 - mine/baseline; 'not reached' counts as infinite.",
         "",

@@ -38,6 +38,9 @@ class ConfigError(ValueError):
 
 
 EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+# Optimizers whose update needs each matrix whole (eigenbases, Newton-Schulz): not with FSDP.
+WHOLE_MATRIX_OPTIMIZERS = ("soap", "shampoo", "muon")
+DECODER_LAYERS = ["Olmo2DecoderLayer", "LlamaDecoderLayer"]
 
 
 # --------------------------------------------------------------------------------------
@@ -98,6 +101,11 @@ def validate_config(cfg: Any) -> None:
     _num(cfg, "seed", cfg.seed, integer=True)
     if cfg.resume not in ("auto", "never"):
         raise ConfigError(f"resume={cfg.resume!r}: use resume=auto or resume=never")
+    if cfg.train.get("fsdp") and cfg.optimizer_name in WHOLE_MATRIX_OPTIMIZERS:
+        raise ConfigError(
+            f"train.fsdp=true shards parameters, but {cfg.optimizer_name} preconditions whole matrices: "
+            "use DDP (train.fsdp=false, the default) or optimizer=adamw"
+        )
     if cfg.wandb.mode not in ("disabled", "offline", "online"):
         raise ConfigError(f"wandb.mode={cfg.wandb.mode!r}: use disabled, offline or online")
 
@@ -175,6 +183,7 @@ class Run:
     bad_steps: int = 0
     eval_history: list[dict[str, float]] = field(default_factory=list)
     is_main: bool = True
+    fsdp: bool = False
 
 
 def _seed_all(seed: int) -> None:
@@ -195,7 +204,20 @@ def setup(cfg: Any) -> Run:
     mp = cfg.train.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
-    acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    fsdp_plugin = None
+    if cfg.train.get("fsdp"):
+        from accelerate import FullyShardedDataParallelPlugin
+
+        # FSDP2 (per-parameter sharding), one unit per decoder layer.
+        fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=DECODER_LAYERS,
+            reshard_after_forward=True,
+        )
+    acc = Accelerator(
+        mixed_precision=mp, cpu=not torch.cuda.is_available(), fsdp_plugin=fsdp_plugin
+    )
     accum = grad_accum_steps(cfg.regime.global_batch, cfg.regime.micro_batch, acc.num_processes)
     run_dir = Path(cfg.run_dir)
 
@@ -258,6 +280,7 @@ def setup(cfg: Any) -> Run:
         clock=TrainClock(acc.device, cfg.train.clock_skip_steps),
         tracker=TargetTracker(cfg.train.target_loss),
         is_main=acc.is_main_process,
+        fsdp=bool(cfg.train.get("fsdp")),
     )
 
 
@@ -340,15 +363,32 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def _model_optim_state(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Full (unsharded) model and optimizer state; under FSDP every rank takes part."""
+    if not run.fsdp:
+        return run.raw_model.state_dict(), run.optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(run.model, options=opts), get_optimizer_state_dict(
+        run.model, run.optimizer, options=opts
+    )
+
+
 def checkpoint(run: Run) -> None:
     run.accelerator.wait_for_everyone()
+    model_sd, optim_sd = _model_optim_state(run)
     if run.is_main:
         save_checkpoint(
             run.run_dir,
             {
                 "step": run.step,
-                "model": run.raw_model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
+                "model": model_sd,
+                "optimizer": optim_sd,
                 "scheduler": run.scheduler.state_dict(),
                 "loader": run.loader.state_dict(),
                 "clock": run.clock.state_dict(),
@@ -362,8 +402,19 @@ def checkpoint(run: Run) -> None:
 
 
 def restore(run: Run, ck: dict[str, Any]) -> None:
-    run.raw_model.load_state_dict(ck["model"])
-    run.optimizer.load_state_dict(ck["optimizer"])
+    if run.fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(run.model, ck["model"], options=opts)
+        set_optimizer_state_dict(run.model, run.optimizer, ck["optimizer"], options=opts)
+    else:
+        run.raw_model.load_state_dict(ck["model"])
+        run.optimizer.load_state_dict(ck["optimizer"])
     run.scheduler.load_state_dict(ck["scheduler"])
     run.loader.load_state_dict(ck["loader"])
     run.clock.load_state_dict(ck["clock"])
@@ -476,6 +527,13 @@ def _prepare_run_dir(cfg: Any) -> tuple[Path, dict[str, Any] | None]:
     return run_dir, ck
 
 
+def _wandb_id(run_dir: Path) -> str:
+    """Stable across processes (unlike ``hash``), so a resumed run continues the same wandb run."""
+    import hashlib
+
+    return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+
+
 def run_training(cfg: Any) -> int:
     from omegaconf import OmegaConf
 
@@ -524,7 +582,7 @@ def run_training(cfg: Any) -> int:
             name=f"{cfg.experiment_name}/{cfg.optimizer_name}/{run_dir.name}",
             config=OmegaConf.to_container(cfg, resolve=True),
             resume="allow",
-            id=str(abs(hash(str(run_dir.resolve()))))[:12],
+            id=_wandb_id(run_dir),
         )
 
     from tqdm.auto import tqdm

@@ -286,3 +286,19 @@ def test_dashboard_renders_in_headless_browser(tmp_path):
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_several_seeds_give_an_uncertainty(tmp_path):
+    for seed, shift in ((0, 0.0), (1, 0.05), (2, -0.05)):
+        for opt in ("adamw", "soap"):
+            hist = [
+                {"step": s, "eval_loss": _law(opt, s) + shift, "train_seconds": float(s)}
+                for s in range(50, FULL + 1, 50)
+            ]
+            make_run(tmp_path, opt, 3e-3, 1.0, hist, seed=seed)
+    a = analyse(load_runs(tmp_path), target=3.1)
+    soap = next(r for r in a["rows"] if r["optimizer"] == "soap")
+    assert soap["n_seeds"] == 3 and soap["cross_steps_std"] > 0
+    from scripts.report import headline_table
+
+    assert "± " in headline_table(a) and "(3 seeds)" in headline_table(a)
