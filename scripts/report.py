@@ -26,12 +26,14 @@ import json
 import math
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 INF = float("inf")
+BETA_MIN, BETA_MAX = 1e-3, 5.0
 
 
 # --------------------------------------------------------------------------------------
@@ -158,17 +160,32 @@ def fit_power_law(steps: list[float], losses: list[float]) -> dict[str, Any]:
     n = np.array([p[0] for p in pts])
     loss = np.array([p[1] for p in pts])
     p0 = (max(0.0, loss.min() - 0.5), (loss.max() - loss.min() + 0.5) * n.min() ** 0.5, 0.5)
+    # A cross-entropy asymptote is >= 0; beta in [BETA_MIN, BETA_MAX].
+    lower, upper = [0.0, 0.0, BETA_MIN], [np.inf, np.inf, BETA_MAX]
     try:
-        (a, b, beta), _ = curve_fit(
-            power_law,
-            n,
-            loss,
-            p0=p0,
-            bounds=([-np.inf, 0.0, 1e-3], [np.inf, np.inf, 5.0]),
-            maxfev=20000,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's covariance warning for exact fits
+            (a, b, beta), _ = curve_fit(
+                power_law, n, loss, p0=p0, bounds=(lower, upper), maxfev=20000
+            )
     except (RuntimeError, ValueError) as e:
         return {"ok": False, "reason": f"fit failed: {e}", "points": pts}
+    # A fit pinned at a bound does not describe the data (e.g. losses that fall faster at
+    # longer runs, which no power law does): report it, never its extrapolation.
+    at_bound = [
+        name
+        for name, v, lo, hi in (("a", a, 0.0, None), ("beta", beta, BETA_MIN, BETA_MAX))
+        if abs(v - lo) <= 1e-6 * max(1.0, abs(lo)) or (hi is not None and abs(v - hi) <= 1e-6 * hi)
+    ]
+    if at_bound:
+        return {
+            "ok": False,
+            "reason": f"unreliable fit ({', '.join(at_bound)} at its bound: the losses do not follow a + b N^-beta)",
+            "points": pts,
+            "a": float(a),
+            "b": float(b),
+            "beta": float(beta),
+        }
     resid = loss - power_law(n, a, b, beta)
     return {
         "ok": True,
