@@ -358,40 +358,38 @@ def _fmt(x: Any, pct: bool = False, digits: int = 4) -> str:
 
 
 def headline_table(a: dict[str, Any]) -> str:
+    """Both measures, iterations and wall-clock, each vs the baseline and vs Shampoo."""
     b = a["baseline"]
-    lines = [
-        f"| optimizer | best lr | final loss | iterations to target (fit) | vs {b} | iterations (crossing) | vs {b} | wall-clock to target s (fit) | vs {b} | vs shampoo |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    cols = ["optimizer", "best lr", "final loss"]
+    for measure in (
+        "iterations (crossing)",
+        "wall-clock s (crossing)",
+        "iterations (fit)",
+        "wall-clock s (fit)",
+    ):
+        cols += [measure, f"vs {b}", "vs shampoo"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in a["rows"]:
         if "best_lr" not in r:
-            lines.append(f"| {r['optimizer']} | - | - | {r.get('note', '')} | | | | | | |")
-            continue
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["optimizer"],
-                    _fmt(r["best_lr"], digits=3),
-                    _fmt(r["final_eval_loss"]),
-                    _fmt(r.get("fit_steps"), digits=4)
-                    if r.get("fit", {}).get("ok")
-                    else (r.get("fit", {}).get("reason", "-") if "fit" in r else "-"),
-                    _fmt(r.get(f"fit_steps_saved_vs_{b}"), pct=True),
-                    _fmt(r.get("cross_steps"), digits=4)
-                    + (
-                        f" ± {r['cross_steps_std']:.3g} ({r['n_seeds']} seeds)"
-                        if r.get("cross_steps_std") is not None
-                        else ""
-                    ),
-                    _fmt(r.get(f"cross_steps_saved_vs_{b}"), pct=True),
-                    _fmt(r.get("fit_seconds"), digits=4),
-                    _fmt(r.get(f"fit_seconds_saved_vs_{b}"), pct=True),
-                    _fmt(r.get("fit_seconds_saved_vs_shampoo"), pct=True),
-                ]
+            lines.append(
+                f"| {r['optimizer']} | - | - | {r.get('note', '')} |" + " |" * (len(cols) - 4)
             )
-            + " |"
-        )
+            continue
+        fit = r.get("fit", {})
+        cells = [r["optimizer"], _fmt(r["best_lr"], digits=3), _fmt(r["final_eval_loss"])]
+        for key in ("cross_steps", "cross_seconds", "fit_steps", "fit_seconds"):
+            if key.startswith("fit") and not fit.get("ok"):
+                cells += [fit.get("reason", "-") if key == "fit_steps" else "-", "-", "-"]
+                continue
+            value = _fmt(r.get(key), digits=4)
+            if key == "cross_steps" and r.get("cross_steps_std") is not None:
+                value += f" ± {r['cross_steps_std']:.3g} ({r['n_seeds']} seeds)"
+            cells += [
+                value,
+                _fmt(r.get(f"{key}_saved_vs_{b}"), pct=True),
+                _fmt(r.get(f"{key}_saved_vs_shampoo"), pct=True),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -492,9 +492,31 @@ def write_summary(run: Run, status: str, message: str | None = None) -> dict[str
     return summary
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this run's peak-memory measurement (per run, even when several runs share a
+    process, as in the demo). On CPU, Linux's resident-set high-water mark is reset through
+    /proc/self/clear_refs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_memory(device: torch.device) -> int | None:
+    """Peak bytes: CUDA allocator peak on GPU; peak resident set size (VmHWM) on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
 
@@ -548,6 +570,7 @@ def run_training(cfg: Any) -> int:
             return 0
     run = setup(cfg)
     acc = run.accelerator
+    reset_peak_memory(acc.device)
     if run.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
