@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .functional import ShapePlan, from_working, to_working
+from .functional import ShapePlan, from_working, plan_shape, to_working
 
 NONFINITE_MODES = ("raise", "skip")
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
@@ -55,15 +55,28 @@ def validate_common(group: dict[str, Any], name: str) -> None:
         float(group["weight_decay"]) >= 0.0,
         f"{name}: invalid weight_decay={group['weight_decay']!r} (must be >= 0)",
     )
-    freq = group["precondition_frequency"]
-    _check(
-        isinstance(freq, int) and not isinstance(freq, bool) and freq >= 1,
-        f"{name}: precondition_frequency must be an integer >= 1, got {freq!r}",
-    )
+    check_positive_int(group, "precondition_frequency", name)
     _check(
         group["nonfinite_grad"] in NONFINITE_MODES,
         f"{name}: nonfinite_grad must be one of {NONFINITE_MODES}, got {group['nonfinite_grad']!r}",
     )
+    _check(
+        group["data_format"] in ("channels_first", "channels_last"),
+        f"{name}: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
+    )
+
+
+def check_positive_int(group: dict[str, Any], key: str, name: str) -> None:
+    v = group[key]
+    _check(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        f"{name}: {key} must be an integer >= 1, got {v!r}",
+    )
+
+
+def check_bools(group: dict[str, Any], keys: Iterable[str], name: str) -> None:
+    for k in keys:
+        _check(isinstance(group[k], bool), f"{name}: {k} must be a bool, got {group[k]!r}")
 
 
 class BucketedOptimizer(Optimizer):
@@ -82,8 +95,15 @@ class BucketedOptimizer(Optimizer):
     def _validate(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _plan(self, p: Tensor, group: dict[str, Any]) -> ShapePlan:  # pragma: no cover
-        raise NotImplementedError
+    _max_dim_key = "max_precond_dim"  # the group key of the largest preconditioned dimension
+
+    def _plan(self, p: Tensor, group: dict[str, Any]) -> ShapePlan:
+        return plan_shape(
+            p.shape,
+            merge_dims=group["merge_dims"],
+            max_precond_dim=group[self._max_dim_key],
+            data_format=group["data_format"],
+        )
 
     def _layout(self, plan: ShapePlan, group: dict[str, Any]) -> tuple:  # pragma: no cover
         raise NotImplementedError

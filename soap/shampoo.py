@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import BucketedOptimizer, _check, validate_common
+from ._base import BucketedOptimizer, _check, check_bools, check_positive_int, validate_common
 from .linalg import full_fp32, inverse_root
 
 __all__ = ["Shampoo"]
@@ -71,6 +71,7 @@ class Shampoo(BucketedOptimizer):
     """
 
     _name = "Shampoo"
+    _max_dim_key = "max_preconditioner_dim"
 
     def __init__(
         self,
@@ -121,33 +122,9 @@ class Shampoo(BucketedOptimizer):
             f"Shampoo: invalid graft_eps={group['graft_eps']!r} (must be > 0)",
         )
         _check(group["root"] > 0.0, f"Shampoo: invalid root={group['root']!r} (must be > 0)")
-        sps = group["start_preconditioning_step"]
-        _check(
-            isinstance(sps, int) and not isinstance(sps, bool) and sps >= 1,
-            f"Shampoo: start_preconditioning_step must be an integer >= 1, got {sps!r}",
-        )
-        mpd = group["max_preconditioner_dim"]
-        _check(
-            isinstance(mpd, int) and not isinstance(mpd, bool) and mpd >= 1,
-            f"Shampoo: max_preconditioner_dim must be an integer >= 1, got {mpd!r}",
-        )
-        _check(
-            group["data_format"] in ("channels_first", "channels_last"),
-            f"Shampoo: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
-        )
-        for flag in ("merge_dims", "precondition_1d", "foreach"):
-            _check(
-                isinstance(group[flag], bool),
-                f"Shampoo: {flag} must be a bool, got {group[flag]!r}",
-            )
-
-    def _plan(self, p: Tensor, group: dict[str, Any]) -> F.ShapePlan:
-        return F.plan_shape(
-            p.shape,
-            merge_dims=group["merge_dims"],
-            max_precond_dim=group["max_preconditioner_dim"],
-            data_format=group["data_format"],
-        )
+        check_positive_int(group, "start_preconditioning_step", "Shampoo")
+        check_positive_int(group, "max_preconditioner_dim", "Shampoo")
+        check_bools(group, ("merge_dims", "precondition_1d", "foreach"), "Shampoo")
 
     def _layout(self, plan: F.ShapePlan, group: dict[str, Any]) -> tuple:
         mpd = group["max_preconditioner_dim"]

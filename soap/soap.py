@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import BucketedOptimizer, _check, validate_common
+from ._base import BucketedOptimizer, _check, check_bools, check_positive_int, validate_common
 from .linalg import eigenbasis, full_fp32, refresh_basis
 
 __all__ = ["SOAP"]
@@ -146,38 +146,23 @@ class SOAP(BucketedOptimizer):
             f"SOAP: invalid shampoo_beta={sb!r} (use -1 or a value in [0, 1))",
         )
         _check(group["eps"] > 0.0, f"SOAP: invalid eps={group['eps']!r} (must be > 0)")
-        mpd = group["max_precond_dim"]
-        _check(
-            isinstance(mpd, int) and not isinstance(mpd, bool) and mpd >= 1,
-            f"SOAP: max_precond_dim must be an integer >= 1, got {mpd!r}",
+        check_positive_int(group, "max_precond_dim", "SOAP")
+        check_bools(
+            group,
+            (
+                "merge_dims",
+                "precondition_1d",
+                "normalize_grads",
+                "correct_bias",
+                "one_sided",
+                "factorized",
+                "foreach",
+                "compile",
+            ),
+            "SOAP",
         )
-        _check(
-            group["data_format"] in ("channels_first", "channels_last"),
-            f"SOAP: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
-        )
-        for flag in (
-            "merge_dims",
-            "precondition_1d",
-            "normalize_grads",
-            "correct_bias",
-            "one_sided",
-            "factorized",
-            "foreach",
-            "compile",
-        ):
-            _check(
-                isinstance(group[flag], bool), f"SOAP: {flag} must be a bool, got {group[flag]!r}"
-            )
 
     # ---- layout -------------------------------------------------------------------------
-    def _plan(self, p: Tensor, group: dict[str, Any]) -> F.ShapePlan:
-        return F.plan_shape(
-            p.shape,
-            merge_dims=group["merge_dims"],
-            max_precond_dim=group["max_precond_dim"],
-            data_format=group["data_format"],
-        )
-
     def _layout(self, plan: F.ShapePlan, group: dict[str, Any]) -> tuple:
         """``(has_factor per working dim, factorized second moment?)``."""
         shape, mpd = plan.shape, group["max_precond_dim"]
