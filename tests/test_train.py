@@ -401,3 +401,25 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path, cache_dir):
     r = cli(["train.max_steps=2", f"run_dir={run_dir}"], cache_dir)
     assert r.returncode != 0 and "unreadable" in r.stderr
     shutil.rmtree(run_dir)
+
+
+def test_torch_compile_runs_and_compile_time_is_warmup(tmp_path, cache_dir):
+    run_dir = tmp_path / "compiled"
+    assert (
+        run_inprocess(
+            [
+                "optimizer=adamw",
+                "train.compile=true",
+                "train.max_steps=4",
+                "train.eval_every=2",
+                "train.clock_skip_steps=1",
+                f"run_dir={run_dir}",
+            ],
+            cache_dir,
+        )
+        == 0
+    )
+    s = summary(run_dir)
+    # Compilation happens in the first step, which the clock reports as warm-up.
+    assert s["warmup_seconds"] > s["seconds_per_step"] and s["status"] == "completed"
+    assert s["eval_history"][-1]["eval_loss"] < 9.0
