@@ -10,6 +10,7 @@ validation set; main() is the loop with evaluation, checkpoints, signals and log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -200,7 +201,6 @@ def setup(cfg: Any) -> Run:
     from models import build_model, count_parameters
     from soap import param_groups
 
-    validate_config(cfg)
     mp = cfg.train.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
@@ -295,7 +295,8 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> dict[str, float]:
     for k, ids in enumerate(micro_batches):
         ids = ids.to(acc.device, non_blocking=True)
         sync = k == len(micro_batches) - 1
-        ctx = acc.no_sync(model) if not sync else _null()
+        # Gradients are all-reduced only on the last micro-batch of the step.
+        ctx = acc.no_sync(model) if not sync else contextlib.nullcontext()
         with ctx, acc.autocast():
             logits = model(input_ids=ids).logits
             ce, loss = lm_loss(logits, ids, run.cfg.train.z_loss)
@@ -314,14 +315,6 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     run.clock.mark("optim")
     return {"loss": loss_val, "grad_norm": float(gn)}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 @torch.no_grad()
