@@ -269,22 +269,30 @@ def test_fsdp_two_process_matches_one_process_and_resumes(tmp_path, cache_dir):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache_dir, monkeypatch):
-    import torch
-
+def _poison_training_loss(monkeypatch, bad) -> None:
+    """Make the training loss NaN on the forward passes (counted from 1) where ``bad(n)``."""
     import scripts.train as T
 
     real = T.lm_loss
     calls = {"n": 0}
 
     def poisoned(logits, ids, z):
-        calls["n"] += 1
         ce, loss = real(logits, ids, z)
-        if logits.requires_grad and calls["n"] > 7:  # training forward passes only
-            return ce * float("nan"), loss * float("nan")
+        if logits.requires_grad:  # training forward passes only, not evaluation
+            calls["n"] += 1
+            if bad(calls["n"]):
+                return ce * float("nan"), loss * float("nan")
         return ce, loss
 
     monkeypatch.setattr(T, "lm_loss", poisoned)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache_dir, monkeypatch):
+    import torch
+
+    import scripts.train as T
+
+    _poison_training_loss(monkeypatch, lambda n: n > 7)
     run_dir = tmp_path / "nan"
     code = run_inprocess(
         [
@@ -305,19 +313,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cache_dir
 
 
 def test_skip_bad_steps_when_allowed(tmp_path, cache_dir, monkeypatch):
-    import scripts.train as T
-
-    real = T.lm_loss
-    calls = {"n": 0}
-
-    def one_bad(logits, ids, z):
-        calls["n"] += 1
-        ce, loss = real(logits, ids, z)
-        if logits.requires_grad and calls["n"] == 3:
-            return ce * float("nan"), loss * float("nan")
-        return ce, loss
-
-    monkeypatch.setattr(T, "lm_loss", one_bad)
+    _poison_training_loss(monkeypatch, lambda n: n == 3)
     run_dir = tmp_path / "skip"
     assert (
         run_inprocess(
