@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         t_prep = time.perf_counter() - t
         m = prep.manifest
         tokens = m["splits"]["train"]["tokens"] + m["splits"]["validation"]["tokens"]
+        chars = sum(len(d) for split in ("train", "validation") for d in iter_documents(EMB, split))
+        docs = m["splits"]["train"]["documents"] + m["splits"]["validation"]["documents"]
+        print(
+            f"embedded corpus: {chars / 1e6:.2f}M characters, {docs:,} documents, {tokens:,} tokens (BPE {m['tokenizer']['vocab_size']})"
+        )
         print(
             f"BPE training: {t_tok:.1f}s; prepare (tokenize + pack + write + checksum): {tokens / t_prep:,.0f} tokens/s ({tokens:,} tokens in {t_prep:.1f}s)"
         )

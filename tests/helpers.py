@@ -41,6 +41,26 @@ def run_inprocess(overrides: list[str], cache_dir: Path) -> int:
     return run_training(compose(overrides, cache_dir))
 
 
+def _env(extra: dict | None = None) -> dict:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        **(extra or {}),
+    }
+
+
+def _cmd(args: list[str], cache_dir: Path, launcher: list[str] | None) -> list[str]:
+    return (launcher or [sys.executable, "-m"]) + [
+        "scripts.train",
+        *FAST,
+        f"cache_dir={cache_dir}",
+        *args,
+    ]
+
+
 def cli(
     args: list[str],
     cache_dir: Path,
@@ -48,21 +68,28 @@ def cli(
     timeout: int = 300,
     launcher: list[str] | None = None,
 ) -> subprocess.CompletedProcess:
-    e = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        **(env or {}),
-    }
-    cmd = (launcher or [sys.executable, "-m"]) + [
-        "scripts.train",
-        *FAST,
-        f"cache_dir={cache_dir}",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    """Run the training CLI to completion."""
+    return subprocess.run(
+        _cmd(args, cache_dir, launcher),
+        cwd=REPO,
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def spawn(args: list[str], cache_dir: Path, launcher: list[str] | None = None) -> subprocess.Popen:
+    """Start the training CLI in its own process group (so a test can kill all of it)."""
+    return subprocess.Popen(
+        _cmd(args, cache_dir, launcher),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:

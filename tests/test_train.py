@@ -3,14 +3,13 @@
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
 from scripts.train import ConfigError, grad_accum_steps, lr_lambda
-from tests.helpers import REPO, cli, metrics, run_inprocess, summary
+from tests.helpers import cli, metrics, run_inprocess, spawn, summary
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "muon"])
@@ -91,26 +90,6 @@ def _wait_for_lines(path, n, proc, timeout=240):
     raise AssertionError("timed out waiting for metrics")
 
 
-def _popen(args, cache_dir):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    from tests.helpers import FAST
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "scripts.train", *FAST, f"cache_dir={cache_dir}", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 COMMON = [
     "optimizer=soap",
     "train.max_steps=16",
@@ -125,7 +104,7 @@ def test_sigkill_then_resume_gives_the_same_curve(tmp_path, cache_dir):
     r = cli([*COMMON, f"run_dir={ref}"], cache_dir)
     assert r.returncode == 0, r.stderr
     killed = tmp_path / "killed"
-    proc = _popen([*COMMON, f"run_dir={killed}"], cache_dir)
+    proc = spawn([*COMMON, f"run_dir={killed}"], cache_dir)
     _wait_for_lines(killed / "metrics.jsonl", 8, proc)  # past the step-5 checkpoint
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -141,7 +120,7 @@ def test_sigkill_then_resume_gives_the_same_curve(tmp_path, cache_dir):
 
 def test_sigterm_saves_checkpoint_and_exits_nonzero(tmp_path, cache_dir):
     run_dir = tmp_path / "term"
-    proc = _popen([*COMMON, "train.max_steps=400", f"run_dir={run_dir}"], cache_dir)
+    proc = spawn([*COMMON, "train.max_steps=400", f"run_dir={run_dir}"], cache_dir)
     _wait_for_lines(run_dir / "metrics.jsonl", 3, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -222,36 +201,11 @@ def test_fsdp_two_process_matches_one_process_and_resumes(tmp_path, cache_dir):
         torch.testing.assert_close(ca["model"][k], cb["model"][k], rtol=1e-3, atol=5e-4)
     # Kill an FSDP run after its step-3 checkpoint; the resumed run continues the same curve.
     killed = tmp_path / "killed"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    from tests.helpers import FAST
-
-    cmd = [
-        *torchrun[:-1],
-        "--master_port=29535",
-        "-m",
-        "scripts.train",
-        *FAST,
-        f"cache_dir={cache_dir}",
-        *args,
-        "regime.micro_batch=4",
-        "train.fsdp=true",
-        f"run_dir={killed}",
-    ]
-    cmd.remove("--master_port=29533")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    torchrun_kill = [*torchrun[:-2], "--master_port=29535", "-m"]
+    proc = spawn(
+        [*args, "regime.micro_batch=4", "train.fsdp=true", f"run_dir={killed}"],
+        cache_dir,
+        launcher=torchrun_kill,
     )
     _wait_for_lines(killed / "metrics.jsonl", 4, proc)
     os.killpg(proc.pid, signal.SIGKILL)
