@@ -42,7 +42,7 @@ class PackedSequences:
         idx = np.asarray(indices, dtype=np.int64)
         out = np.empty((idx.size, self.seq_len), dtype=np.int64)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
-        for j, (sh, i) in enumerate(zip(shard_of, idx)):
+        for j, (sh, i) in enumerate(zip(shard_of, idx, strict=True)):
             out[j] = self._shards[sh][i - self._starts[sh]]
         return torch.from_numpy(out)
 

@@ -87,7 +87,7 @@ def bench(
         opt = make(params)
         times = []
         for _ in range(steps + 1):
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g
             _sync(device)
             t = time.perf_counter()

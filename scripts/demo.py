@@ -57,7 +57,7 @@ def run_cell(
     crashed and the demo goes on."""
     from hydra import compose, initialize_config_dir
 
-    from scripts.train import run_training
+    from scripts.train import EXIT_INTERRUPTED, run_training
 
     run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}"
     overrides = [
@@ -77,6 +77,9 @@ def run_cell(
     except Exception as e:  # keep going: the report counts it as not reached
         code = 1
         print(f"demo: run {run_dir} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    if code == EXIT_INTERRUPTED:
+        # Ctrl-C / SIGTERM reached the trainer, which saved a checkpoint: stop the whole demo.
+        raise KeyboardInterrupt
     if code:
         print(
             f"demo: run {run_dir} ended with exit code {code}; it is reported as not reached",
@@ -99,6 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         help="extra Hydra overrides for every run, e.g. train.progress=false",
     )
     args = ap.parse_args(argv)
+    try:
+        return _demo(args, argv)
+    except KeyboardInterrupt:
+        print(
+            "demo: interrupted; run the same command again to continue (completed runs are kept)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     plan = QUICK if args.quick else FULL
     out = Path(args.out)
     t0 = time.time()

@@ -147,7 +147,11 @@ def power_law(n: np.ndarray, a: float, b: float, beta: float) -> np.ndarray:
 def fit_power_law(steps: list[float], losses: list[float]) -> dict[str, Any]:
     """Least-squares fit of ``L(N) = a + b N^-beta``; needs at least 3 distinct N."""
     pts = sorted(
-        {(float(n), float(x)) for n, x in zip(steps, losses) if x is not None and math.isfinite(x)}
+        {
+            (float(n), float(x))
+            for n, x in zip(steps, losses, strict=True)
+            if x is not None and math.isfinite(x)
+        }
     )
     if len({n for n, _ in pts}) < 3:
         return {

@@ -522,10 +522,25 @@ def _peak_memory(device: torch.device) -> int | None:
 # The loop
 # --------------------------------------------------------------------------------------
 class _Signals:
+    """SIGTERM/SIGINT set a flag the loop checks after each step (so a checkpoint is written);
+    the previous handlers come back on exit, so code that runs several trainings in one
+    process (the demo) or anything after them (the report) sees Ctrl-C again."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self) -> None:
         self.received: int | None = None
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._handle)
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
@@ -611,7 +626,7 @@ def run_training(cfg: Any) -> int:
         unit="it",
         dynamic_ncols=True,
     )
-    signals = _Signals()
+    signals = _Signals().__enter__()
     tokens_per_step = cfg.regime.global_batch * cfg.regime.seq_len
     status, message, code = "completed", None, 0
     saved_at = run.step
@@ -678,6 +693,7 @@ def run_training(cfg: Any) -> int:
                 checkpoint(run)
                 saved_at = run.step
     finally:
+        signals.__exit__()
         bar.close()
         if mf is not None:
             mf.close()

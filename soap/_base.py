@@ -154,7 +154,7 @@ class BucketedOptimizer(Optimizer):
                 loss = closure()
         # Check every group before touching any state, so a bad gradient leaves all untouched.
         active = [self._finite_params(gi, g) for gi, g in enumerate(self.param_groups)]
-        for group, params in zip(self.param_groups, active):
+        for group, params in zip(self.param_groups, active, strict=True):
             buckets: dict[tuple, list[Tensor]] = defaultdict(list)
             for p in params:
                 if p.grad.is_sparse:
@@ -199,7 +199,7 @@ class BucketedOptimizer(Optimizer):
         )
         if bool(flags.all()):
             return params
-        bad = [p for p, ok in zip(params, flags.tolist()) if not ok]
+        bad = [p for p, ok in zip(params, flags.tolist(), strict=True) if not ok]
         if group["nonfinite_grad"] == "raise":
             names = ", ".join(self._param_name(group_index, p) for p in bad)
             raise NonFiniteGradientError(
@@ -267,7 +267,9 @@ class BucketedOptimizer(Optimizer):
         ``decay_first`` selects torch AdamW's order (decay, then update); the SOAP reference
         decays after the update.
         """
-        ups = [from_working(u, plan).to(p.dtype) for u, p in zip(update.unbind(0), params)]
+        ups = [
+            from_working(u, plan).to(p.dtype) for u, p in zip(update.unbind(0), params, strict=True)
+        ]
         if decay_first and decay != 0.0:
             torch._foreach_add_(params, params, alpha=-decay)
         torch._foreach_add_(params, ups, alpha=-step_size)

@@ -130,7 +130,7 @@ class ChainedOptimizer(Optimizer):
             raise ValueError(
                 f"state dict holds {len(sds)} optimizers, this ChainedOptimizer has {len(self.optimizers)}"
             )
-        for o, sd in zip(self.optimizers, sds):
+        for o, sd in zip(self.optimizers, sds, strict=True):
             o.load_state_dict(sd)
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
@@ -162,7 +162,7 @@ def MuonAdamW(
     for g in params:
         names = g.get("param_names") or [""] * len(g["params"])
         keep, keep_names = [], []
-        for n, p in zip(names, g["params"]):
+        for n, p in zip(names, g["params"], strict=True):
             hidden = p.ndim == 2 and not _is_embedding(n) and not any(k in n for k in _HEAD_KEYS)
             if hidden:
                 muon_p.append(p)

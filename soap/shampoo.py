@@ -171,7 +171,7 @@ class Shampoo(BucketedOptimizer):
             start = group["start_preconditioning_step"]
             if any(layout) and step >= start:
                 if (step - start) % group["precondition_frequency"] == 0:
-                    for f, r in zip(factors, roots):
+                    for f, r in zip(factors, roots, strict=True):
                         if f is not None:
                             r.copy_(
                                 inverse_root(f / bc2, group["root"], group["epsilon"], previous=r)

@@ -219,7 +219,7 @@ class SOAP(BucketedOptimizer):
             if first:
                 # Step 1 only accumulates the factors and computes their eigenvectors.
                 F.update_factors_(factors, grad, shampoo_beta)
-                for f, q in zip(factors, bases):
+                for f, q in zip(factors, bases, strict=True):
                     if f is not None:
                         q.copy_(eigenbasis(f))
                 self._set_step(params, 0)
@@ -267,7 +267,7 @@ class SOAP(BucketedOptimizer):
         re-express the first moment in the new basis (it is kept rotated)."""
         exp_avg = buf["exp_avg"]
         momentum = F.rotate(exp_avg, bases, transpose=False)  # back to parameter coordinates
-        for i, (f, q) in enumerate(zip(factors, bases)):
+        for i, (f, q) in enumerate(zip(factors, bases, strict=True)):
             if f is None:
                 continue
             q_new, order = refresh_basis(f, q)

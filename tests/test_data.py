@@ -201,6 +201,8 @@ def test_loader_wraps_epochs_and_validation_is_fixed(prepared):
     val = PackedSequences(prepared, "validation")
     v1 = validation_batches(val, 8, 4)
     v2 = validation_batches(val, 8, 4)
-    assert all(torch.equal(x, y) for x, y in zip(v1, v2)) and sum(len(x) for x in v1) == 8
+    assert (
+        all(torch.equal(x, y) for x, y in zip(v1, v2, strict=True)) and sum(len(x) for x in v1) == 8
+    )
     with pytest.raises(DataError, match="exceeds"):
         TrainLoader(data, micro_batch=len(data) + 1, grad_accum=1)

@@ -47,3 +47,30 @@ def test_makefile_targets_exist():
         and "scripts.demo" in r.stdout
         and "scripts.bench_optimizer" in r.stdout
     )
+
+
+def test_ctrl_c_stops_the_whole_demo_and_restores_handlers(tmp_path, cache_dir, monkeypatch):
+    """Ctrl-C in the first cell ends the demo (exit 130), not just that cell; afterwards the
+    process's own SIGINT handler is back, so the report (or anything else) can be stopped."""
+    import os
+    import signal
+
+    import scripts.train as T
+    from scripts.demo import main
+
+    real_step, calls = T.train_step, []
+
+    def step_then_ctrl_c(run, batches):
+        calls.append(run.run_dir)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(run, batches)
+
+    monkeypatch.setattr(T, "train_step", step_then_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "demo"
+    assert main(["--quick", "--out", str(out), f"cache_dir={cache_dir}"]) == 130
+    assert len({str(d) for d in calls}) == 1, "a second cell started after Ctrl-C"
+    summaries = list(out.rglob("summary.json"))
+    assert len(summaries) == 1 and '"interrupted"' in summaries[0].read_text()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -25,11 +25,11 @@ def test_cuda_matches_cpu(cls):
     kw = {"epsilon": 1e-3} if cls is Shampoo else {}
     oc, og = cls(cpu, precondition_frequency=3, **kw), cls(gpu, precondition_frequency=3, **kw)
     for gs in grads:
-        for a, b, g in zip(cpu, gpu, gs):
+        for a, b, g in zip(cpu, gpu, gs, strict=True):
             a.grad, b.grad = g.clone(), g.cuda()
         oc.step()
         og.step()
-    for a, b in zip(cpu, gpu):
+    for a, b in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(b.detach().cpu(), a.detach(), rtol=1e-3, atol=1e-4)
 
 

@@ -169,11 +169,13 @@ def test_diverged_crashed_and_missing_optimizers(tmp_path):
     )
     make_run(tmp_path, "shampoo", 3e-3, 1.0, [], write_summary=False)  # crashed: no summary at all
     runs = load_runs(tmp_path)
+    # A run with a config but no summary (killed before writing one) is "crashed", under the
+    # optimizer its config names.
     assert {r["optimizer"]: r["status"] for r in runs} == {
         "adamw": "completed",
         "soap": "diverged",
-        "unknown": "crashed",
-    } or len(runs) == 3
+        "shampoo": "crashed",
+    }
     a = analyse(runs, target=None)
     rows = {r["optimizer"]: r for r in a["rows"]}
     assert rows["soap"]["cross_steps"] == float("inf")  # counted, as not reached

@@ -25,7 +25,7 @@ def _run(opt_factory, shapes, steps, dtype=torch.float32, seed=1, params=None):
         params = [torch.randn(*s, generator=gen).to(dtype).requires_grad_() for s in shapes]
     opt = opt_factory(params)
     for gs in _grads(shapes, steps, seed):
-        for p, g in zip(params, gs):
+        for p, g in zip(params, gs, strict=True):
             p.grad = g.to(dtype)
         opt.step()
     return params, opt
@@ -41,15 +41,15 @@ def test_all_dims_above_max_is_adam_step_for_step():
     state = {}
     grads = _grads(shapes, 8)
     for t, gs in enumerate(grads):
-        for p, g in zip(params, gs):
+        for p, g in zip(params, gs, strict=True):
             p.grad = g
         opt.step()
         if t == 0:  # the reference's first step only builds the (empty) basis
-            for p, x in zip(params, init):
+            for p, x in zip(params, init, strict=True):
                 assert torch.equal(p.detach(), x)
             continue
-        adam_ref(list(zip(ref, gs)), state, 1e-2, (0.95, 0.95), 1e-8, 0.1, step=t)
-        for p, r in zip(params, ref):
+        adam_ref(list(zip(ref, gs, strict=True)), state, 1e-2, (0.95, 0.95), 1e-8, 0.1, step=t)
+        for p, r in zip(params, ref, strict=True):
             torch.testing.assert_close(p.detach(), r, rtol=1e-6, atol=1e-7)
     assert all(not any(k.startswith("factor") for k in opt.state[p]) for p in params)
 
@@ -73,11 +73,11 @@ def test_matches_reference_soap_across_refreshes(shapes, eps):
     opt_a = SOAP(a, lr=1e-2, precondition_frequency=3, eps=eps)
     opt_b = RefSOAP(b, lr=1e-2, freq=3, eps=eps)
     for gs in _grads(shapes, 14):
-        for pa, pb, g in zip(a, b, gs):
+        for pa, pb, g in zip(a, b, gs, strict=True):
             pa.grad, pb.grad = g.clone(), g.clone()
         opt_a.step()
         opt_b.step()
-    for pa, pb in zip(a, b):
+    for pa, pb in zip(a, b, strict=True):
         torch.testing.assert_close(pa.detach(), pb.detach(), rtol=1e-4, atol=1e-5)
 
 
@@ -177,11 +177,11 @@ def test_state_dict_round_trip_mid_run_after_refresh():
     part = [x.clone().requires_grad_() for x in init]
     o_part = make(part)
     for t, gs in enumerate(grads):
-        for p, g in zip(full, gs):
+        for p, g in zip(full, gs, strict=True):
             p.grad = g
         o_full.step()
         if t < 7:  # 7 steps: the basis has been refreshed (steps 3 and 6)
-            for p, g in zip(part, gs):
+            for p, g in zip(part, gs, strict=True):
                 p.grad = g
             o_part.step()
     buf = io.BytesIO()
@@ -192,10 +192,10 @@ def test_state_dict_round_trip_mid_run_after_refresh():
     o_res = make(resumed)
     o_res.load_state_dict(saved["opt"])
     for gs in grads[7:]:
-        for p, g in zip(resumed, gs):
+        for p, g in zip(resumed, gs, strict=True):
             p.grad = g
         o_res.step()
-    for a, b in zip(full, resumed):
+    for a, b in zip(full, resumed, strict=True):
         assert torch.equal(a.detach(), b.detach())
 
 
@@ -205,7 +205,7 @@ def test_batched_path_equals_plain_path():
     pb, _ = _run(
         lambda ps: SOAP(ps, precondition_frequency=3, max_precond_dim=32, foreach=False), shapes, 12
     )
-    for a, b in zip(pa, pb):
+    for a, b in zip(pa, pb, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -411,17 +411,31 @@ def test_variants_train_a_least_squares_problem(kwargs):
 
 
 def test_factorized_second_moment_is_rank_one():
-    p = torch.randn(6, 4, requires_grad=True)
-    opt = SOAP([p], factorized=True)
-    for _ in range(3):
-        p.grad = torch.randn(6, 4)
+    # No rotation (max_precond_dim=1), so the moments see the raw gradients: the row/column
+    # statistics are EMAs of mean(g^2) over columns/rows, and the second moment the update
+    # divides by is their rank-one product row col^T / mean(row) (paper Sec. 5, Adafactor).
+    b2, lr = 0.95, 0.1
+    p = torch.zeros(6, 4, requires_grad=True)
+    opt = SOAP([p], lr=lr, betas=(0.9, b2), factorized=True, max_precond_dim=1, weight_decay=0)
+    grads = _grads([(6, 4)], 4)
+    row, col, m = torch.zeros(6), torch.zeros(4), torch.zeros(6, 4)
+    expected = torch.zeros(6, 4)
+    for t, (g,) in enumerate(grads):
+        p.grad = g
         opt.step()
+        if t == 0:  # the first step only builds the (empty) bases
+            continue
+        row = b2 * row + (1 - b2) * g.square().mean(1)
+        col = b2 * col + (1 - b2) * g.square().mean(0)
+        m = 0.9 * m + 0.1 * g
+        v = torch.outer(row, col) / row.mean()
+        assert torch.linalg.matrix_rank(v) == 1
+        expected -= lr * math.sqrt(1 - b2**t) / (1 - 0.9**t) * m / (v.sqrt() + 1e-8)
     st = opt.state[p]
-    assert (
-        "exp_avg_sq" not in st
-        and st["exp_avg_sq_row"].shape == (6,)
-        and st["exp_avg_sq_col"].shape == (4,)
-    )
+    assert "exp_avg_sq" not in st
+    torch.testing.assert_close(st["exp_avg_sq_row"], row)
+    torch.testing.assert_close(st["exp_avg_sq_col"], col)
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_vocab_sized_dimension_gets_identity():
@@ -458,5 +472,5 @@ def test_compile_path_matches_eager():
     shapes = [(8, 6), (6,)]
     pa, _ = _run(lambda ps: SOAP(ps, precondition_frequency=2), shapes, 5)
     pb, _ = _run(lambda ps: SOAP(ps, precondition_frequency=2, compile=True), shapes, 5)
-    for a, b in zip(pa, pb):
+    for a, b in zip(pa, pb, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
