@@ -199,7 +199,7 @@ def setup(cfg: Any) -> Run:
     from omegaconf import OmegaConf
 
     from models import build_model, count_parameters
-    from soap import param_groups
+    from soap import build_optimizer
 
     mp = cfg.train.mixed_precision
     if mp == "auto":
@@ -258,7 +258,7 @@ def setup(cfg: Any) -> Run:
     model = acc.prepare(raw)
     # The optimizer is built after prepare(model), on the parameters the device now holds.
     unwrapped = acc.unwrap_model(model)
-    opt = instantiate(cfg.optimizer)(param_groups(unwrapped.named_parameters()))
+    opt = build_optimizer(unwrapped, instantiate(cfg.optimizer))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(steps, cfg.schedule.warmup_fraction, cfg.schedule.final_lr_fraction)
     )
@@ -309,12 +309,16 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> dict[str, float]:
         run.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_val, "skipped": 1.0}
     clip = run.cfg.train.grad_clip
-    gn = acc.clip_grad_norm_(model.parameters(), clip if clip else float("inf"))
+    gn = float(acc.clip_grad_norm_(model.parameters(), clip if clip else float("inf")))
+    if not math.isfinite(gn):
+        # A non-finite gradient with a finite loss: skip the whole step (every optimizer).
+        run.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_val, "grad_norm": gn, "skipped": 1.0}
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.clock.mark("optim")
-    return {"loss": loss_val, "grad_norm": float(gn)}
+    return {"loss": loss_val, "grad_norm": gn}
 
 
 @torch.no_grad()

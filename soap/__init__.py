@@ -1,19 +1,15 @@
 """soap: SOAP and Shampoo optimizers (Vyas et al. 2024, arXiv 2409.11321) for PyTorch.
 
 ``from soap import SOAP, Shampoo`` gives drop-in ``torch.optim.Optimizer`` classes;
-``build_optimizer`` splits parameter groups and builds any of adamw / soap / shampoo / muon or
-an optimizer given by import path. This package imports torch alone.
+``build_optimizer`` splits parameter groups (by module type and tying, :mod:`soap.grouping`)
+and builds any of adamw / soap / shampoo / muon or an optimizer given by import path. This
+package imports torch alone.
 """
 
 from ._base import NonFiniteGradientError
-from .param_groups import (
-    ChainedOptimizer,
-    MuonAdamW,
-    build_optimizer,
-    optimizer_state_bytes,
-    param_groups,
-    resolve_optimizer_class,
-)
+from .factory import build_optimizer, optimizer_state_bytes, resolve_optimizer_class
+from .grouping import classify, param_groups
+from .hybrid import ChainedOptimizer, MuonAdamW
 from .shampoo import Shampoo
 from .soap import SOAP
 
@@ -24,6 +20,7 @@ __all__ = [
     "ChainedOptimizer",
     "NonFiniteGradientError",
     "build_optimizer",
+    "classify",
     "optimizer_state_bytes",
     "param_groups",
     "resolve_optimizer_class",

@@ -1,29 +1,48 @@
 """Machinery shared by SOAP and Shampoo: lazy per-parameter state, shape buckets, stacked
-state buffers, the non-finite gradient guard and a dtype-preserving ``load_state_dict``.
+state buffers, non-finite gradients without host synchronisation, a dtype-preserving
+``load_state_dict``, and the hooks the distributed mode (:mod:`soap.distributed`) plugs into.
 
 Why buckets: a transformer has many matrices of identical shape (every layer's projections).
 Stacking them lets one batched ``matmul``/``eigh``/``qr`` replace dozens of small calls. The
 stacked state lives in one buffer per bucket and ``self.state[p][name]`` is a *view* of row
-``i`` of it, so nothing is copied per step, ``state_dict()`` still holds one tensor per
-parameter, and a reloaded state dict is re-stacked once on the next step. With
-``foreach=False`` every parameter is its own bucket of size one (the plain path); the maths
-is the same code either way.
+``i`` of it, so nothing is copied per step and ``state_dict()`` still holds one tensor per
+parameter. The bucket plan is built once and reused while the set of parameters with a
+gradient stays the same; it is rebuilt after ``load_state_dict``, ``add_param_group``, a
+tensor's first step, or a change of that set (all known on the host, so a step never compares
+pointers or reads a device value). Replace state tensors only through ``load_state_dict``.
+With ``foreach=False`` every parameter is its own bucket (the plain path); the maths is the
+same code either way.
+
+Non-finite gradients (``nonfinite_grad``):
+
+* ``"skip"`` (default): a parameter whose gradient has a NaN/inf is left exactly as it was -
+  value, moments, factors and bases - while the others step. On accelerators and under
+  ``torch.compile`` the decision is made on the device (a 0/1 mask folded into the EMA
+  weights and the step size): no host synchronisation, no graph break. On CPU tensors, where
+  reading a value costs nothing, one host check per step picks the unmasked fast path when
+  every gradient is finite. The tensor's step counter still advances (it times the refreshes).
+  ``skipped_updates`` counts the skipped parameter updates (a device tensor; read it when
+  convenient, e.g. at evaluation).
+* ``"raise"``: :class:`NonFiniteGradientError` naming the parameters, before any state is
+  touched. This needs the answer on the host: one synchronisation per step.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .functional import ShapePlan, from_working, plan_shape, to_working
+from .layout import STEP, Layout, ShapePlan, from_working, plan_shape, to_working
 
-NONFINITE_MODES = ("raise", "skip")
+NONFINITE_MODES = ("skip", "raise")
+DISTRIBUTED_MODES = ("auto", "off")
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
+_REFERENCE_KEYS = ("GG", "Q")  # state entries of the public reference SOAP
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -64,6 +83,10 @@ def validate_common(group: dict[str, Any], name: str) -> None:
         group["data_format"] in ("channels_first", "channels_last"),
         f"{name}: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
     )
+    _check(
+        group["distributed"] in DISTRIBUTED_MODES,
+        f"{name}: distributed must be one of {DISTRIBUTED_MODES}, got {group['distributed']!r}",
+    )
 
 
 def check_positive_int(group: dict[str, Any], key: str, name: str) -> None:
@@ -79,23 +102,58 @@ def check_bools(group: dict[str, Any], keys: Iterable[str], name: str) -> None:
         _check(isinstance(group[k], bool), f"{name}: {k} must be a bool, got {group[k]!r}")
 
 
+def is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+@dataclass(eq=False)
+class Bucket:
+    """Parameters of one group with the same layout, step, device and dtype, stepped together.
+
+    ``buffers`` holds their stacked ``(B, ...)`` state; ``self.state[p][name]`` are views of it.
+    ``first`` marks tensors whose state was created for this step.
+    """
+
+    group_index: int
+    layout: Layout
+    params: list[Tensor]
+    first: bool
+    buffers: dict[str, Tensor] = field(default_factory=dict)
+
+
 class BucketedOptimizer(Optimizer):
-    """Base class; subclasses implement :meth:`_plan`, :meth:`_layout`, :meth:`_state_spec`
-    and :meth:`_step_bucket`."""
+    """Base class; subclasses implement :meth:`_validate`, :meth:`_layout`,
+    :meth:`_state_spec` and :meth:`_step_bucket`."""
 
     _name = "optimizer"
+    _max_dim_key = "max_precond_dim"  # the group key of the largest preconditioned dimension
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        self._stack_cache: dict[
-            tuple, tuple[tuple[str, ...], dict[str, Tensor], list[list[int]]]
-        ] = {}
+        self._plan_cache: tuple[tuple, list[Bucket]] | None = None
+        self._version = 0  # bumped whenever the bucket plan must be rebuilt
+        self._distribution: Any = None  # soap.distributed.Distribution, set on the first step
+        self.skipped_updates: Tensor | None = None
         super().__init__(params, defaults)
 
     # ---- hooks for subclasses ---------------------------------------------------------
     def _validate(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    _max_dim_key = "max_precond_dim"  # the group key of the largest preconditioned dimension
+    def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:  # pragma: no cover
+        raise NotImplementedError
+
+    def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _step_bucket(  # pragma: no cover - abstract
+        self,
+        group: dict[str, Any],
+        bucket: Bucket,
+        grad: Tensor,
+        keep: Tensor | None,
+        targets: list[Tensor],
+    ) -> None:
+        raise NotImplementedError
 
     def _plan(self, p: Tensor, group: dict[str, Any]) -> ShapePlan:
         return plan_shape(
@@ -105,38 +163,42 @@ class BucketedOptimizer(Optimizer):
             data_format=group["data_format"],
         )
 
-    def _layout(self, plan: ShapePlan, group: dict[str, Any]) -> tuple:  # pragma: no cover
-        raise NotImplementedError
-
-    def _state_spec(self, plan: ShapePlan, layout: tuple) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError  # pragma: no cover
-
     def _init_state(self, name: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
         return torch.zeros(shape, dtype=torch.float32, device=device)
-
-    def _step_bucket(  # pragma: no cover - abstract
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        plan: ShapePlan,
-        layout: tuple,
-        grad: Tensor,
-    ) -> None:
-        raise NotImplementedError
 
     # ---- torch.optim contract ---------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        self._validate(self.param_groups[-1])
+        group = self.param_groups[-1]
+        self._validate(group)
+        if group["distributed"] != self.param_groups[0]["distributed"]:
+            raise ValueError(f"{self._name}: every param group must use the same `distributed`")
+        if group["distributed"] == "off":
+            for i, p in enumerate(group["params"]):
+                if is_dtensor(p):
+                    name = (group.get("param_names") or [f"params[{i}]"] * (i + 1))[i]
+                    raise TypeError(
+                        f"{self._name}: parameter {name} is a DTensor (FSDP2/tensor-parallel "
+                        "shard) but distributed='off' would precondition each shard alone: "
+                        "use distributed='auto'"
+                    )
+        self._version += 1
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like ``torch.optim.Optimizer`` but keep the state in fp32.
 
         torch casts floating state to the parameter's dtype, which would round SOAP's fp32
         factors and bases to bf16 for bf16 parameters; we re-read them from ``state_dict``.
+        A state dict of the public reference SOAP (``GG``/``Q`` entries) is refused.
         """
+        for st in state_dict.get("state", {}).values():
+            if isinstance(st, dict) and any(k in st for k in _REFERENCE_KEYS):
+                raise ValueError(
+                    f"{self._name}.load_state_dict: this state dict comes from the reference "
+                    "SOAP implementation (entries 'GG'/'Q'), whose layout differs: load it "
+                    "into the reference class, or start soap.SOAP from fresh state"
+                )
         super().load_state_dict(state_dict)
-        self._stack_cache.clear()
         saved = state_dict["state"]
         params = [p for g in self.param_groups for p in g["params"]]
         for idx, p in enumerate(params):
@@ -145,6 +207,7 @@ class BucketedOptimizer(Optimizer):
             for k, v in saved[idx].items():
                 if isinstance(v, Tensor):
                     self.state[p][k] = v.to(device=p.device, copy=True)
+        self._version += 1
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -152,130 +215,209 @@ class BucketedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Check every group before touching any state, so a bad gradient leaves all untouched.
-        active = [self._finite_params(gi, g) for gi, g in enumerate(self.param_groups)]
-        for group, params in zip(self.param_groups, active, strict=True):
-            buckets: dict[tuple, list[Tensor]] = defaultdict(list)
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{self._name} does not support sparse gradients")
-                plan = self._plan(p, group)
-                layout = self._layout(plan, group)
-                key = (plan, layout, self.state[p].get("step", -1), p.device, p.dtype)
-                # Stacking pays for many small matrices (one batched kernel instead of many
-                # launches); for large ones a batched matmul is slower than separate ones
-                # (measured on CPU: 15-25% for 32100x256), so they stay on their own.
-                if not group["foreach"] or p.numel() > BATCH_MAX_NUMEL:
-                    key = key + (id(p),)
-                buckets[key].append(p)
-            for (plan, layout, *_), ps in buckets.items():
-                if len(ps) == 1:
-                    grad = to_working(ps[0].grad, plan).unsqueeze(0)
-                else:
-                    grad = torch.stack([to_working(p.grad, plan) for p in ps])
-                # fp32 maths whatever the parameter dtype; never modified in place.
-                self._step_bucket(group, ps, plan, layout, grad.float())
+        dist = self._get_distribution()
+        if dist is not None:
+            return dist.step(self, loss)
+        buckets = self._buckets()
+        self._run(
+            buckets, [[p.grad for p in b.params] for b in buckets], [b.params for b in buckets]
+        )
         return loss
 
-    # ---- helpers for subclasses ---------------------------------------------------------
-    def _param_name(self, group_index: int, p: Tensor) -> str:
-        group = self.param_groups[group_index]
-        names = group.get("param_names")
-        for i, q in enumerate(group["params"]):
-            if q is p:
-                if names:
-                    return names[i]
-                return f"param_groups[{group_index}]['params'][{i}] (shape {tuple(p.shape)})"
-        return f"parameter of shape {tuple(p.shape)}"
+    # ---- the step, shared with the distributed mode ------------------------------------
+    def _run(
+        self, buckets: list[Bucket], grads: list[list[Tensor]], targets: list[list[Tensor]]
+    ) -> None:
+        """Step every bucket with its (full) gradients, updating its ``targets`` in place
+        (the parameters themselves, or full copies in the distributed FSDP mode)."""
+        self._raise_on_nonfinite(buckets, grads)
+        host_ok = self._host_all_finite(grads)
+        first = False
+        for b, gs, ts in zip(buckets, grads, targets, strict=True):
+            group = self.param_groups[b.group_index]
+            grad = self._working_grad(b, gs)
+            keep = None
+            if group["nonfinite_grad"] == "skip" and not host_ok:
+                ok = torch.isfinite(torch.stack(torch._foreach_norm(gs, float("inf"))))
+                keep = ok.to(torch.float32).view(-1, *([1] * (grad.dim() - 1)))
+                grad = torch.where(ok.view_as(keep), grad, 0.0)
+                self._count_skipped(ok)
+            self._step_bucket(group, b, grad, keep, ts)
+            first = first or b.first
+        if first:
+            self._version += 1  # tensors that took their first step now bucket by step
 
-    def _finite_params(self, group_index: int, group: dict[str, Any]) -> list[Tensor]:
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            return params
-        # Max-abs norm: one fused pass over all gradients, NaN/inf propagate, and unlike a sum
-        # it cannot overflow on finite values. One device sync per group.
+    def _raise_on_nonfinite(self, buckets: list[Bucket], grads: list[list[Tensor]]) -> None:
+        checked = [
+            (p, g)
+            for b, gs in zip(buckets, grads, strict=True)
+            if self.param_groups[b.group_index]["nonfinite_grad"] == "raise"
+            for p, g in zip(b.params, gs, strict=True)
+        ]
+        if not checked:
+            return
         flags = torch.isfinite(
-            torch.stack(torch._foreach_norm([p.grad for p in params], float("inf")))
+            torch.stack(torch._foreach_norm([g for _, g in checked], float("inf")))
         )
         if bool(flags.all()):
-            return params
-        bad = [p for p, ok in zip(params, flags.tolist(), strict=True) if not ok]
-        if group["nonfinite_grad"] == "raise":
-            names = ", ".join(self._param_name(group_index, p) for p in bad)
-            raise NonFiniteGradientError(
-                f"{self._name}: non-finite gradient (NaN/inf) in {names}; optimizer state left "
-                "untouched. Lower the learning rate or enable gradient clipping, or pass "
-                "nonfinite_grad='skip' to skip such updates."
-            )
-        bad_ids = {id(p) for p in bad}
-        return [p for p in params if id(p) not in bad_ids]
+            return
+        bad = [p for (p, _), ok in zip(checked, flags.tolist(), strict=True) if not ok]
+        names = ", ".join(self._param_name(p) for p in bad)
+        raise NonFiniteGradientError(
+            f"{self._name}: non-finite gradient (NaN/inf) in {names}; optimizer state left "
+            "untouched. Lower the learning rate or enable gradient clipping, or use "
+            "nonfinite_grad='skip' to skip such updates."
+        )
 
-    def _ensure_state(self, params: list[Tensor], spec: dict[str, tuple[int, ...]]) -> bool:
-        """Create missing state; returns True if it was created (the tensor's first step)."""
-        created = False
-        for p in params:
-            st = self.state[p]
-            if "step" not in st:
-                created = True
-                for name, shape in spec.items():
-                    st[name] = self._init_state(name, shape, p.device)
-        return created
+    @staticmethod
+    def _host_all_finite(grads: list[list[Tensor]]) -> bool:
+        """True when a free host check shows every gradient finite (CPU, eager): then no mask
+        is needed. Never reads a device value on an accelerator or under compile."""
+        gs = [g for bg in grads for g in bg]
+        if not gs or torch.compiler.is_compiling() or any(g.device.type != "cpu" for g in gs):
+            return False
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(gs, float("inf")))).all())
 
-    def _buffers(self, params: list[Tensor], names: Iterable[str]) -> dict[str, Tensor]:
+    def _count_skipped(self, ok: Tensor) -> None:
+        if self.skipped_updates is None:
+            self.skipped_updates = torch.zeros((), dtype=torch.int64, device=ok.device)
+        self.skipped_updates += (~ok).sum().to(self.skipped_updates.device)
+
+    @staticmethod
+    def _working_grad(bucket: Bucket, grads: list[Tensor]) -> Tensor:
+        """The bucket's gradients in working shape, stacked ``(B, ...)``, in fp32."""
+        plan = bucket.layout.plan
+        if len(grads) == 1:
+            g = to_working(grads[0], plan).unsqueeze(0)
+        else:
+            g = torch.stack([to_working(x, plan) for x in grads])
+        return g.float()  # fp32 maths whatever the parameter dtype; never modified in place
+
+    # ---- the bucket plan ----------------------------------------------------------------
+    def _active(self) -> list[tuple[int, Tensor]]:
+        """``(group index, parameter)`` of every parameter this rank steps now."""
+        owns = self._distribution.owns if self._distribution else None
+        return [
+            (gi, p)
+            for gi, g in enumerate(self.param_groups)
+            for p in g["params"]
+            if p.grad is not None and (owns is None or owns(p))
+        ]
+
+    def _buckets(self) -> list[Bucket]:
+        signature = (
+            self._version,
+            tuple(tuple(p.grad is not None for p in g["params"]) for g in self.param_groups),
+        )
+        if self._plan_cache is not None and self._plan_cache[0] == signature:
+            return self._plan_cache[1]
+        buckets = self._build_buckets(self._active())
+        self._plan_cache = (signature, buckets)
+        return buckets
+
+    def _build_buckets(self, active: list[tuple[int, Tensor]]) -> list[Bucket]:
+        keyed: dict[tuple, list[Tensor]] = {}
+        layouts: dict[tuple, Layout] = {}
+        for gi, p in active:
+            group = self.param_groups[gi]
+            layout = self._layout(p, group)
+            st = self.state.get(p)
+            step = st.get(STEP) if st else None
+            key: tuple = (gi, layout, step, p.device, p.dtype)
+            # Stacking pays for many small matrices (one batched kernel instead of many
+            # launches); for large ones a batched matmul is slower than separate ones
+            # (measured on CPU: 15-25% for 32100x256), so they stay on their own.
+            if not group["foreach"] or p.numel() > BATCH_MAX_NUMEL:
+                key = (*key, len(keyed))
+            keyed.setdefault(key, []).append(p)
+            layouts[key] = layout
+        buckets = []
+        for key, ps in keyed.items():
+            layout = layouts[key]
+            first = key[2] is None
+            spec = self._state_spec(layout)
+            if first:
+                for p in ps:
+                    st = self.state[p]
+                    for name, shape in spec.items():
+                        st[name] = self._init_state(name, shape, p.device)
+                    st[STEP] = 0
+            buckets.append(Bucket(key[0], layout, ps, first, self._stack(ps, spec)))
+        return buckets
+
+    def _stack(self, params: list[Tensor], names: Iterable[str]) -> dict[str, Tensor]:
         """Stacked ``(B, ...)`` state for ``params``; ``self.state`` entries become views."""
-        names = tuple(names)
         if len(params) == 1:
             st = self.state[params[0]]
             return {n: st[n].unsqueeze(0) for n in names}
-        key = tuple(id(p) for p in params)
-        cached = self._stack_cache.get(key)
-        if cached is not None:
-            cached_names, bufs, ptrs = cached
-            if cached_names == names and all(
-                self.state[p][n].data_ptr() == ptrs[j][i]
-                for j, n in enumerate(names)
-                for i, p in enumerate(params)
-            ):
-                return bufs
-        # (Re)build: after the first step, a load_state_dict, or a change of membership.
-        ids = set(key)
-        for k in [k for k in self._stack_cache if ids.intersection(k)]:
-            del self._stack_cache[k]
-        bufs, ptrs = {}, []
+        bufs = {}
         for n in names:
             buf = torch.stack([self.state[p][n] for p in params])
-            row_ptrs = []
             for i, p in enumerate(params):
                 self.state[p][n] = buf[i]
-                row_ptrs.append(buf[i].data_ptr())
             bufs[n] = buf
-            ptrs.append(row_ptrs)
-        self._stack_cache[key] = (names, bufs, ptrs)
         return bufs
+
+    # ---- helpers for subclasses ---------------------------------------------------------
+    def _get_distribution(self) -> Any:
+        if self.param_groups[0]["distributed"] == "off":
+            return None
+        if self._distribution is None:
+            from .distributed import Distribution
+
+            self._distribution = Distribution.create(self)  # False: one process, none needed
+        return self._distribution or None
+
+    def _param_name(self, p: Tensor) -> str:
+        for gi, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            for i, q in enumerate(group["params"]):
+                if q is p:
+                    if names:
+                        return names[i]
+                    return f"param_groups[{gi}]['params'][{i}] (shape {tuple(p.shape)})"
+        return f"parameter of shape {tuple(p.shape)}"
+
+    def _set_step(self, params: list[Tensor], step: int) -> None:
+        for p in params:
+            self.state[p][STEP] = step
 
     @staticmethod
     def _apply_update(
-        params: list[Tensor],
+        targets: list[Tensor],
         plan: ShapePlan,
         update: Tensor,
         step_size: float,
         decay: float,
         decay_first: bool,
+        keep: Tensor | None,
     ) -> None:
         """``p -= step_size * update`` plus decoupled weight decay ``p -= decay * p``.
 
         ``decay_first`` selects torch AdamW's order (decay, then update); the SOAP reference
-        decays after the update.
+        decays after the update. With a mask ``keep`` both are scaled per tensor on the device.
         """
+        if keep is None:
+            ups = [
+                from_working(u, plan).to(t.dtype)
+                for u, t in zip(update.unbind(0), targets, strict=True)
+            ]
+            if decay_first and decay != 0.0:
+                torch._foreach_add_(targets, targets, alpha=-decay)
+            torch._foreach_add_(targets, ups, alpha=-step_size)
+            if not decay_first and decay != 0.0:
+                torch._foreach_add_(targets, targets, alpha=-decay)
+            return
+        scaled = update * (keep * -step_size)
         ups = [
-            from_working(u, plan).to(p.dtype) for u, p in zip(update.unbind(0), params, strict=True)
+            from_working(u, plan).to(t.dtype)
+            for u, t in zip(scaled.unbind(0), targets, strict=True)
         ]
+        shrink = (1.0 - decay * keep.flatten()).unbind(0)
         if decay_first and decay != 0.0:
-            torch._foreach_add_(params, params, alpha=-decay)
-        torch._foreach_add_(params, ups, alpha=-step_size)
+            for t, s in zip(targets, shrink, strict=True):
+                t.mul_(s)
+        torch._foreach_add_(targets, ups)
         if not decay_first and decay != 0.0:
-            torch._foreach_add_(params, params, alpha=-decay)
-
-    def _set_step(self, params: list[Tensor], step: int) -> None:
-        for p in params:
-            self.state[p]["step"] = step
+            for t, s in zip(targets, shrink, strict=True):
+                t.mul_(s)

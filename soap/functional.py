@@ -21,97 +21,21 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "ShapePlan",
-    "plan_shape",
-    "to_working",
-    "from_working",
     "gram",
     "update_factors_",
     "rotate",
+    "ema_",
     "adam_moments_",
     "factored_second_moment_",
     "soap_step_size",
     "normalize_rms",
     "permute_along_",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# Working shape: channels_last permutation and merge_dims (reference semantics)
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShapePlan:
-    """How a parameter is viewed while preconditioned.
-
-    ``permute`` is applied first (channels_last 4-D tensors are moved to channels_first, as in
-    the reference), then the tensor is reshaped to ``shape``.
-    """
-
-    original: tuple[int, ...]
-    permute: tuple[int, ...] | None
-    shape: tuple[int, ...]
-
-
-def _merge(shape: Sequence[int], max_precond_dim: int) -> tuple[int, ...]:
-    """Merge adjacent dimensions while their product stays <= ``max_precond_dim``.
-
-    Same greedy rule as the reference ``SOAP.merge_dims``: a dimension that alone exceeds the
-    limit stays on its own (and later gets the identity).
-    """
-    new_shape: list[int] = []
-    cur = 1
-    for sh in shape:
-        if cur * sh > max_precond_dim:
-            if cur > 1:
-                new_shape.append(cur)
-                cur = sh
-            else:
-                new_shape.append(sh)
-                cur = 1
-        else:
-            cur *= sh
-    if cur > 1 or not new_shape:
-        new_shape.append(cur)
-    return tuple(new_shape)
-
-
-def plan_shape(
-    shape: Sequence[int], *, merge_dims: bool, max_precond_dim: int, data_format: str
-) -> ShapePlan:
-    """Working layout of a parameter of ``shape``; scalars are treated as shape ``(1,)``."""
-    original = tuple(int(s) for s in shape)
-    work = original if original else (1,)
-    permute = None
-    if data_format == "channels_last" and len(work) == 4:
-        permute = (0, 3, 1, 2)
-        work = tuple(work[i] for i in permute)
-    if merge_dims and len(work) > 1:
-        work = _merge(work, max_precond_dim)
-    return ShapePlan(original=original, permute=permute, shape=tuple(work))
-
-
-def to_working(t: Tensor, plan: ShapePlan) -> Tensor:
-    """Parameter-shaped tensor -> working shape (no batch dimension)."""
-    if plan.permute is not None:
-        t = t.permute(plan.permute)
-    return t.reshape(plan.shape)
-
-
-def from_working(t: Tensor, plan: ShapePlan) -> Tensor:
-    """Working-shaped tensor (no batch dimension) -> parameter shape."""
-    if plan.permute is None:
-        return t.reshape(plan.original)
-    permuted = tuple(plan.original[i] for i in plan.permute)
-    inverse = [0] * len(plan.permute)
-    for i, p in enumerate(plan.permute):
-        inverse[p] = i
-    return t.reshape(permuted).permute(inverse)
 
 
 # --------------------------------------------------------------------------------------
@@ -129,11 +53,23 @@ def gram(g: Tensor, dim: int) -> Tensor:
     return x @ x.mT
 
 
-def update_factors_(factors: Sequence[Tensor | None], g: Tensor, beta: float) -> None:
-    """``F_i <- beta F_i + (1 - beta) gram(g, i)`` in place for every factor that exists."""
+def _weight(beta: float, keep: Tensor | None) -> float | Tensor:
+    """EMA weight ``1 - beta``, times the per-tensor mask ``keep`` ``(B, 1, ...)`` if given."""
+    return 1.0 - beta if keep is None else (1.0 - beta) * keep
+
+
+def update_factors_(
+    factors: Sequence[Tensor | None], g: Tensor, beta: float, keep: Tensor | None = None
+) -> None:
+    """``F_i <- beta F_i + (1 - beta) gram(g, i)`` in place for every factor that exists.
+
+    ``keep`` (``(B, 1, 1)``, 1.0 or 0.0 per stacked tensor) masks the update on the device: a
+    0 leaves that tensor's factors untouched, with no host synchronisation.
+    """
+    w = _weight(beta, keep)
     for i, f in enumerate(factors):
         if f is not None:
-            f.lerp_(gram(g, i + 1), 1.0 - beta)
+            f.lerp_(gram(g, i + 1), w)
 
 
 # --------------------------------------------------------------------------------------
@@ -179,15 +115,35 @@ def rotate(x: Tensor, mats: Sequence[Tensor | None], *, transpose: bool) -> Tens
 # --------------------------------------------------------------------------------------
 # Adam in the rotated basis
 # --------------------------------------------------------------------------------------
+def ema_(avg: Tensor, x: Tensor, beta: float, keep: Tensor | None = None) -> None:
+    """``avg <- beta avg + (1 - beta) x`` in place; with ``keep`` (``(B, 1, ...)``) a 0
+    leaves that stacked tensor untouched (the reference's own operations without a mask)."""
+    if keep is None:
+        avg.mul_(beta).add_(x, alpha=1.0 - beta)
+    else:
+        avg.lerp_(x, _weight(beta, keep))
+
+
 def adam_moments_(
-    exp_avg: Tensor, exp_avg_sq: Tensor, g: Tensor, beta1: float, beta2: float
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    g: Tensor,
+    beta1: float,
+    beta2: float,
+    keep: Tensor | None = None,
 ) -> None:
-    """``m <- beta1 m + (1-beta1) g``, ``v <- beta2 v + (1-beta2) g^2`` in place."""
-    exp_avg.mul_(beta1).add_(g, alpha=1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+    """``m <- beta1 m + (1-beta1) g``, ``v <- beta2 v + (1-beta2) g^2`` in place (masked by
+    ``keep`` as in :func:`ema_`)."""
+    ema_(exp_avg, g, beta1, keep)
+    if keep is None:
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+    else:
+        exp_avg_sq.lerp_(g.square(), _weight(beta2, keep))
 
 
-def factored_second_moment_(row: Tensor, col: Tensor, g: Tensor, beta2: float) -> Tensor:
+def factored_second_moment_(
+    row: Tensor, col: Tensor, g: Tensor, beta2: float, keep: Tensor | None = None
+) -> Tensor:
     """Adafactor-style second moment (the paper's "factorized" SOAP variant, Sec. 5).
 
     ``g`` is ``(B, m, n)``; ``row`` ``(B, m)`` and ``col`` ``(B, n)`` are EMAs of the row and
@@ -195,8 +151,9 @@ def factored_second_moment_(row: Tensor, col: Tensor, g: Tensor, beta2: float) -
     ``v_hat = row col^T / mean(row)`` of shape ``(B, m, n)``.
     """
     sq = g.square()
-    row.mul_(beta2).add_(sq.mean(dim=-1), alpha=1.0 - beta2)
-    col.mul_(beta2).add_(sq.mean(dim=-2), alpha=1.0 - beta2)
+    k = keep.squeeze(-1) if keep is not None else None  # (B, 1, 1) -> (B, 1)
+    ema_(row, sq.mean(dim=-1), beta2, k)
+    ema_(col, sq.mean(dim=-2), beta2, k)
     scale = row.mean(dim=-1, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
     return (row / scale).unsqueeze(-1) * col.unsqueeze(-2)
 

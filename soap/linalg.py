@@ -63,11 +63,19 @@ def _robust_eigh(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     Returns ``(eigvals, eigvecs, ok)`` where ``ok`` (bool, ``(B,)``) marks the matrices that
     were decomposed; failed ones have undefined (zero) outputs and must be handled by the
     caller. Eigenvalues are ascending as in ``torch.linalg.eigh``.
+
+    Eager mode checks the result on the host (one synchronisation, only on the steps that
+    decompose: SOAP's first step, Shampoo's root refreshes). Under ``torch.compile`` there is
+    no retry and no host check: a non-finite result is marked not ok on the device.
     """
     m = m.float()
     eye = torch.eye(m.shape[-1], device=m.device, dtype=m.dtype)
     # The reference adds 1e-30 I: harmless, and it keeps an all-zero factor well defined.
     shifted = m + 1e-30 * eye
+    if torch.compiler.is_compiling():
+        vals, vecs = _eigh(shifted)
+        ok = torch.isfinite(vals).all(dim=-1) & torch.isfinite(vecs).flatten(1).all(dim=1)
+        return vals, vecs, ok
     try:
         vals, vecs = _eigh(shifted)
         if _finite(vals) and _finite(vecs):
@@ -89,6 +97,26 @@ def _robust_eigh(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return vals, vecs, ok
 
 
+def _keep_failed(new: Tensor, ok: Tensor, previous: Tensor | None, what: str) -> Tensor:
+    """``new`` where ``ok``, else ``previous`` (identity if none); warns once in eager mode."""
+    fallback = (
+        previous.float()
+        if previous is not None
+        else torch.eye(new.shape[-1], dtype=new.dtype, device=new.device).expand_as(new)
+    )
+    if not torch.compiler.is_compiling() and not bool(ok.all()):
+        _warn_once(what, _FAILURE_MESSAGES[what])
+    return torch.where(ok[:, None, None], new, fallback)
+
+
+_FAILURE_MESSAGES = {
+    "eigh": "SOAP/Shampoo: eigendecomposition failed in fp32 and fp64; keeping the previous "
+    "basis for the affected tensors (check for exploding gradients).",
+    "root": "Shampoo: inverse root failed in fp32 and fp64; keeping the previous root for the "
+    "affected tensors.",
+}
+
+
 def eigenbasis(factors: Tensor, previous: Tensor | None = None) -> Tensor:
     """Eigenvectors of stacked symmetric ``factors`` ``(B, d, d)``, columns ordered by
     descending eigenvalue (the reference flips ``eigh``'s ascending order).
@@ -97,20 +125,7 @@ def eigenbasis(factors: Tensor, previous: Tensor | None = None) -> Tensor:
     when there is none) and a warning is issued once.
     """
     _, vecs, ok = _robust_eigh(factors)
-    q = vecs.flip(-1)
-    if not bool(ok.all()):
-        _warn_once(
-            "eigh",
-            "SOAP/Shampoo: eigendecomposition failed in fp32 and fp64; keeping the previous "
-            "basis for the affected tensors (check for exploding gradients).",
-        )
-        fallback = (
-            previous.float()
-            if previous is not None
-            else torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q)
-        )
-        q = torch.where(ok[:, None, None], q, fallback)
-    return q
+    return _keep_failed(vecs.flip(-1), ok, previous, "eigh")
 
 
 def refresh_basis(factor: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,8 +135,9 @@ def refresh_basis(factor: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
        of ``Q`` accordingly (the caller permutes the second moment with the returned order);
     2. ``Q_new, _ = qr(L Q_sorted)``.
 
-    Returns ``(Q_new, order)`` with ``order`` ``(B, d)``. A non-finite or failed QR keeps the
-    sorted old basis for that matrix (and warns once).
+    Returns ``(Q_new, order)`` with ``order`` ``(B, d)``. Householder QR of finite input cannot
+    fail; a non-finite result (only from a non-finite factor) keeps the sorted old basis for
+    that matrix, decided on the device (no host synchronisation).
     """
     factor = factor.float()
     basis = basis.float()
@@ -129,15 +145,9 @@ def refresh_basis(factor: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
     order = torch.argsort(est, dim=-1, descending=True)
     q_sorted = torch.gather(basis, 2, order[:, None, :].expand_as(basis))
     power = factor @ q_sorted
-    try:
-        q_new, _ = torch.linalg.qr(power)
-    except RuntimeError:
-        q_new = torch.full_like(power, float("nan"))
-    bad = ~torch.isfinite(q_new).flatten(1).all(dim=1)
-    if bool(bad.any()):
-        _warn_once("qr", "SOAP: QR refresh failed; keeping the previous basis for some tensors.")
-        q_new = torch.where(bad[:, None, None], q_sorted, q_new)
-    return q_new, order
+    q_new, _ = torch.linalg.qr(power)
+    ok = torch.isfinite(q_new).flatten(1).all(dim=1)
+    return torch.where(ok[:, None, None], q_new, q_sorted), order
 
 
 def inverse_root(factor: Tensor, root: float, eps: float, previous: Tensor | None) -> Tensor:
@@ -151,16 +161,4 @@ def inverse_root(factor: Tensor, root: float, eps: float, previous: Tensor | Non
     vals = vals.clamp_min(0.0) + eps
     out = (vecs * vals.pow(-1.0 / root).unsqueeze(-2)) @ vecs.mT
     ok = ok & torch.isfinite(out).flatten(1).all(dim=1)
-    if not bool(ok.all()):
-        _warn_once(
-            "root",
-            "Shampoo: inverse root failed in fp32 and fp64; keeping the previous root for the "
-            "affected tensors.",
-        )
-        fallback = (
-            previous.float()
-            if previous is not None
-            else torch.eye(out.shape[-1], dtype=out.dtype, device=out.device).expand_as(out)
-        )
-        out = torch.where(ok[:, None, None], out, fallback)
-    return out
+    return _keep_failed(out, ok, previous, "root")

@@ -36,7 +36,15 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import BucketedOptimizer, _check, check_bools, check_positive_int, validate_common
+from ._base import (
+    Bucket,
+    BucketedOptimizer,
+    _check,
+    check_bools,
+    check_positive_int,
+    validate_common,
+)
+from .layout import Layout, factor_key, is_root_key, root_key
 from .linalg import full_fp32, inverse_root
 
 __all__ = ["Shampoo"]
@@ -67,7 +75,7 @@ class Shampoo(BucketedOptimizer):
         merge_dims: merge adjacent small dimensions (as in SOAP).
         precondition_1d: give 1-D tensors a factor (the paper preconditions them too).
         graft_eps: epsilon of the grafting Adam.
-        foreach, nonfinite_grad: as in :class:`soap.SOAP`.
+        foreach, nonfinite_grad, distributed: as in :class:`soap.SOAP`.
     """
 
     _name = "Shampoo"
@@ -90,7 +98,8 @@ class Shampoo(BucketedOptimizer):
         data_format: str = "channels_first",
         *,
         foreach: bool = True,
-        nonfinite_grad: str = "raise",
+        nonfinite_grad: str = "skip",
+        distributed: str = "auto",
     ) -> None:
         if start_preconditioning_step is None:
             start_preconditioning_step = precondition_frequency
@@ -109,6 +118,7 @@ class Shampoo(BucketedOptimizer):
             data_format=data_format,
             foreach=foreach,
             nonfinite_grad=nonfinite_grad,
+            distributed=distributed,
         )
         super().__init__(params, defaults)
 
@@ -126,66 +136,67 @@ class Shampoo(BucketedOptimizer):
         check_positive_int(group, "max_preconditioner_dim", "Shampoo")
         check_bools(group, ("merge_dims", "precondition_1d", "foreach"), "Shampoo")
 
-    def _layout(self, plan: F.ShapePlan, group: dict[str, Any]) -> tuple:
+    def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:
+        plan = self._plan(p, group)
         mpd = group["max_preconditioner_dim"]
         if len(plan.shape) == 1:
-            return (group["precondition_1d"] and plan.shape[0] <= mpd,)
-        return tuple(d <= mpd for d in plan.shape)
+            return Layout(plan, (group["precondition_1d"] and plan.shape[0] <= mpd,))
+        return Layout(plan, tuple(d <= mpd for d in plan.shape))
 
-    def _state_spec(self, plan: F.ShapePlan, layout: tuple) -> dict[str, tuple[int, ...]]:
-        spec: dict[str, tuple[int, ...]] = {"exp_avg": plan.shape, "graft_sq": plan.shape}
-        for i, d in enumerate(plan.shape):
-            if layout[i]:
-                spec[f"factor_{i}"] = (d, d)
-                spec[f"root_{i}"] = (d, d)
+    def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:
+        spec: dict[str, tuple[int, ...]] = {"exp_avg": layout.shape, "graft_sq": layout.shape}
+        for i, d in enumerate(layout.shape):
+            if layout.preconditioned[i]:
+                spec[factor_key(i)] = (d, d)
+                spec[root_key(i)] = (d, d)
         return spec
 
     def _init_state(self, name: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
-        if name.startswith("root_"):
+        if is_root_key(name):
             return torch.eye(shape[0], dtype=torch.float32, device=device)
         return super()._init_state(name, shape, device)
 
     def _step_bucket(
         self,
         group: dict[str, Any],
-        params: list[Tensor],
-        plan: F.ShapePlan,
-        layout: tuple,
+        bucket: Bucket,
         grad: Tensor,
+        keep: Tensor | None,
+        targets: list[Tensor],
     ) -> None:
+        layout, buf, params = bucket.layout, bucket.buffers, bucket.params
         beta1, beta2 = group["betas"]
-        spec = self._state_spec(plan, layout)
-        self._ensure_state(params, spec)
-        buf = self._buffers(params, spec)
-        factors = [buf.get(f"factor_{i}") for i in range(len(layout))]
-        roots = [buf.get(f"root_{i}") for i in range(len(layout))]
-        step = self.state[params[0]].get("step", 0) + 1
+        dims = range(len(layout.shape))
+        factors = [buf.get(factor_key(i)) for i in dims]
+        roots = [buf.get(root_key(i)) for i in dims]
+        step = self.state[params[0]]["step"] + 1
         self._set_step(params, step)
 
         with full_fp32(grad.device):
-            F.update_factors_(factors, grad, beta2)
-            F.adam_moments_(buf["exp_avg"], buf["graft_sq"], grad, beta1, beta2)
+            F.update_factors_(factors, grad, beta2, keep)
+            F.adam_moments_(buf["exp_avg"], buf["graft_sq"], grad, beta1, beta2, keep)
             bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
             m_hat = buf["exp_avg"] / bc1
             adam = m_hat / (buf["graft_sq"] / bc2).sqrt().add_(group["graft_eps"])
             start = group["start_preconditioning_step"]
-            if any(layout) and step >= start:
+            if layout.any_preconditioned and step >= start:
                 if (step - start) % group["precondition_frequency"] == 0:
                     for f, r in zip(factors, roots, strict=True):
                         if f is not None:
-                            r.copy_(
-                                inverse_root(f / bc2, group["root"], group["epsilon"], previous=r)
-                            )
+                            new = inverse_root(f / bc2, group["root"], group["epsilon"], r)
+                            # A skipped tensor keeps its root (its factor did not change).
+                            r.copy_(new if keep is None else torch.where(keep > 0, new, r))
                 shampoo = F.rotate(m_hat, roots, transpose=True)
                 scale = _tensor_norm(adam) / _tensor_norm(shampoo).clamp_min(1e-30)
                 direction = shampoo * scale
             else:
                 direction = adam
             self._apply_update(
-                params,
-                plan,
+                targets,
+                layout.plan,
                 direction,
                 group["lr"],
                 group["lr"] * group["weight_decay"],
                 decay_first=True,
+                keep=keep,
             )

@@ -47,17 +47,31 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import BucketedOptimizer, _check, check_bools, check_positive_int, validate_common
+from ._base import (
+    Bucket,
+    BucketedOptimizer,
+    _check,
+    check_bools,
+    check_positive_int,
+    validate_common,
+)
+from .layout import Layout, basis_key, factor_key
 from .linalg import eigenbasis, full_fp32, refresh_basis
 
 __all__ = ["SOAP"]
 
 
 def _adam_direction(
-    exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, beta1: float, beta2: float, eps: float
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    keep: Tensor | None,
 ) -> Tensor:
     """Update the moments in place and return ``M / (sqrt(V) + eps)``."""
-    F.adam_moments_(exp_avg, exp_avg_sq, grad, beta1, beta2)
+    F.adam_moments_(exp_avg, exp_avg_sq, grad, beta1, beta2, keep)
     return exp_avg / exp_avg_sq.sqrt().add_(eps)
 
 
@@ -87,9 +101,16 @@ class SOAP(BucketedOptimizer):
             2-D (paper's factorized variant); other tensors keep a full second moment.
         foreach: batch tensors of equal shape (default); ``False`` runs the plain per-tensor
             path. Both give the same numbers.
-        nonfinite_grad: ``"raise"`` (default) a clear error naming the parameter, or
-            ``"skip"`` that parameter's update; either way its state is left untouched.
+        nonfinite_grad: ``"skip"`` (default) leaves a parameter with a NaN/inf gradient and
+            its state untouched, decided on the device (no host synchronisation); ``"raise"``
+            raises :class:`soap.NonFiniteGradientError` naming it (one synchronisation per
+            step). See :mod:`soap._base`.
         compile: ``torch.compile`` the per-step elementwise Adam maths.
+        distributed: ``"auto"`` (default) shards state and work across ranks when a process
+            group with more than one rank is initialised (DDP: each parameter's owner steps
+            it and the new values are all-gathered; FSDP2 ``DTensor`` parameters: the owner
+            steps the full matrix and sends the shards back); ``"off"`` steps every parameter
+            on every rank (and refuses ``DTensor`` parameters). See :mod:`soap.distributed`.
     """
 
     _name = "SOAP"
@@ -113,8 +134,9 @@ class SOAP(BucketedOptimizer):
         one_sided: bool = False,
         factorized: bool = False,
         foreach: bool = True,
-        nonfinite_grad: str = "raise",
+        nonfinite_grad: str = "skip",
         compile: bool = False,
+        distributed: str = "auto",
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -134,6 +156,7 @@ class SOAP(BucketedOptimizer):
             foreach=foreach,
             nonfinite_grad=nonfinite_grad,
             compile=compile,
+            distributed=distributed,
         )
         self._compiled: Any = None
         super().__init__(params, defaults)
@@ -163,8 +186,8 @@ class SOAP(BucketedOptimizer):
         )
 
     # ---- layout -------------------------------------------------------------------------
-    def _layout(self, plan: F.ShapePlan, group: dict[str, Any]) -> tuple:
-        """``(has_factor per working dim, factorized second moment?)``."""
+    def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:
+        plan = self._plan(p, group)
         shape, mpd = plan.shape, group["max_precond_dim"]
         if len(shape) == 1:
             has = (group["precondition_1d"] and shape[0] <= mpd,)
@@ -173,21 +196,19 @@ class SOAP(BucketedOptimizer):
             if group["one_sided"] and any(has):
                 smallest = min((d, i) for i, d in enumerate(shape) if has[i])[1]
                 has = tuple(i == smallest for i in range(len(shape)))
-        factored = group["factorized"] and len(shape) == 2
-        return has, factored
+        return Layout(plan, has, group["factorized"] and len(shape) == 2)
 
-    def _state_spec(self, plan: F.ShapePlan, layout: tuple) -> dict[str, tuple[int, ...]]:
-        has, factored = layout
-        spec: dict[str, tuple[int, ...]] = {"exp_avg": plan.shape}
-        if factored:
-            spec["exp_avg_sq_row"] = (plan.shape[0],)
-            spec["exp_avg_sq_col"] = (plan.shape[1],)
+    def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:
+        spec: dict[str, tuple[int, ...]] = {"exp_avg": layout.shape}
+        if layout.factored_second_moment:
+            spec["exp_avg_sq_row"] = (layout.shape[0],)
+            spec["exp_avg_sq_col"] = (layout.shape[1],)
         else:
-            spec["exp_avg_sq"] = plan.shape
-        for i, d in enumerate(plan.shape):
-            if has[i]:
-                spec[f"factor_{i}"] = (d, d)
-                spec[f"basis_{i}"] = (d, d)
+            spec["exp_avg_sq"] = layout.shape
+        for i, d in enumerate(layout.shape):
+            if layout.preconditioned[i]:
+                spec[factor_key(i)] = (d, d)
+                spec[basis_key(i)] = (d, d)
         return spec
 
     # ---- the step -----------------------------------------------------------------------
@@ -201,60 +222,58 @@ class SOAP(BucketedOptimizer):
     def _step_bucket(
         self,
         group: dict[str, Any],
-        params: list[Tensor],
-        plan: F.ShapePlan,
-        layout: tuple,
+        bucket: Bucket,
         grad: Tensor,
+        keep: Tensor | None,
+        targets: list[Tensor],
     ) -> None:
-        has, factored = layout
+        layout, buf, params = bucket.layout, bucket.buffers, bucket.params
         beta1, beta2 = group["betas"]
         shampoo_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else beta2
-        spec = self._state_spec(plan, layout)
-        first = self._ensure_state(params, spec)
-        buf = self._buffers(params, spec)
-        factors = [buf.get(f"factor_{i}") for i in range(len(has))]
-        bases = [buf.get(f"basis_{i}") for i in range(len(has))]
+        dims = range(len(layout.shape))
+        factors = [buf.get(factor_key(i)) for i in dims]
+        bases = [buf.get(basis_key(i)) for i in dims]
 
         with full_fp32(grad.device):
-            if first:
+            if bucket.first:
                 # Step 1 only accumulates the factors and computes their eigenvectors.
-                F.update_factors_(factors, grad, shampoo_beta)
+                F.update_factors_(factors, grad, shampoo_beta, keep)
                 for f, q in zip(factors, bases, strict=True):
                     if f is not None:
                         q.copy_(eigenbasis(f))
-                self._set_step(params, 0)
                 return
 
             step = self.state[params[0]]["step"] + 1
             self._set_step(params, step)
             g_rot = F.rotate(grad, bases, transpose=True)
             exp_avg = buf["exp_avg"]
-            if factored:
-                exp_avg.mul_(beta1).add_(g_rot, alpha=1.0 - beta1)
+            if layout.factored_second_moment:
+                F.ema_(exp_avg, g_rot, beta1, keep)
                 v = F.factored_second_moment_(
-                    buf["exp_avg_sq_row"], buf["exp_avg_sq_col"], g_rot, beta2
+                    buf["exp_avg_sq_row"], buf["exp_avg_sq_col"], g_rot, beta2, keep
                 )
                 direction = exp_avg / v.sqrt().add_(group["eps"])
             else:
                 fn = self._direction_fn(group)
-                direction = fn(exp_avg, buf["exp_avg_sq"], g_rot, beta1, beta2, group["eps"])
+                direction = fn(exp_avg, buf["exp_avg_sq"], g_rot, beta1, beta2, group["eps"], keep)
             update = F.rotate(direction, bases, transpose=False)
             if group["normalize_grads"]:
                 update = F.normalize_rms(update)
             step_size = F.soap_step_size(group["lr"], beta1, beta2, step, group["correct_bias"])
             self._apply_update(
-                params,
-                plan,
+                targets,
+                layout.plan,
                 update,
                 step_size,
                 group["lr"] * group["weight_decay"],
                 decay_first=False,
+                keep=keep,
             )
 
             # After the update: fold this gradient into the factors, then maybe refresh.
-            F.update_factors_(factors, grad, shampoo_beta)
-            if any(has) and step % group["precondition_frequency"] == 0:
-                self._refresh(buf, factors, bases, factored)
+            F.update_factors_(factors, grad, shampoo_beta, keep)
+            if layout.any_preconditioned and step % group["precondition_frequency"] == 0:
+                self._refresh(buf, factors, bases, layout.factored_second_moment)
 
     @staticmethod
     def _refresh(

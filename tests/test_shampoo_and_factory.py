@@ -113,7 +113,9 @@ def test_shampoo_trains_and_validates():
 
 def test_shampoo_bf16_and_nan_guard():
     p = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
-    opt = Shampoo([p], start_preconditioning_step=1, precondition_frequency=1)
+    opt = Shampoo(
+        [p], start_preconditioning_step=1, precondition_frequency=1, nonfinite_grad="raise"
+    )
     for _ in range(3):
         p.grad = torch.randn(4, 3, dtype=torch.bfloat16)
         opt.step()
@@ -187,3 +189,71 @@ def test_resolve_optimizer_errors():
         resolve_optimizer_class("nope")
     with pytest.raises(ValueError, match="cannot import"):
         resolve_optimizer_class("nonexistent_pkg.Opt")
+
+
+class _NanoGPT(torch.nn.Module):
+    """nanoGPT's layout: the output projection is tied to the token embedding."""
+
+    def __init__(self, vocab=50, d=8):
+        super().__init__()
+        self.transformer = torch.nn.ModuleDict(
+            {
+                "wte": torch.nn.Embedding(vocab, d),
+                "wpe": torch.nn.Embedding(16, d),
+                "h": torch.nn.Linear(d, d),
+                "ln_f": torch.nn.LayerNorm(d),
+            }
+        )
+        self.lm_head = torch.nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.transformer["wte"].weight
+
+
+def test_tied_embedding_is_the_output_projection_and_decays():
+    from soap import classify
+
+    model = _NanoGPT()
+    kinds = {i.name: i.kind for i in classify(model)}
+    assert kinds == {
+        "transformer.wte.weight": "head",  # tied: it is the output projection
+        "transformer.wpe.weight": "embed",
+        "transformer.h.weight": "matrix",
+        "transformer.h.bias": "bias",
+        "transformer.ln_f.weight": "norm",
+        "transformer.ln_f.bias": "bias",
+    }
+    decay, no_decay = param_groups(model)
+    assert decay["param_names"] == ["transformer.wte.weight", "transformer.h.weight"]
+    assert "weight_decay" not in decay and no_decay["weight_decay"] == 0.0
+    muon = build_optimizer(model, "muon", lr=0.02)
+    assert [p.shape for p in muon.optimizers[0].param_groups[0]["params"]] == [(8, 8)]
+    # Untied, the same model's embedding stops decaying and the head still decays.
+    untied = _NanoGPT()
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    kinds = {i.name: i.kind for i in classify(untied)}
+    assert kinds["transformer.wte.weight"] == "embed" and kinds["lm_head.weight"] == "matrix"
+
+
+def test_hf_output_embeddings_are_the_head():
+    from models import build_model
+    from soap import classify
+
+    model = build_model("tiny", vocab_size=300, max_seq_len=16)
+    kinds = {i.name: i.kind for i in classify(model)}
+    assert kinds["lm_head.weight"] == "head" and kinds["model.embed_tokens.weight"] == "embed"
+    assert kinds["model.layers.0.self_attn.q_norm.weight"] == "norm"
+    assert {k for k, v in kinds.items() if v == "matrix"} == {
+        n for n in kinds if n.startswith("model.layers.") and n.endswith("proj.weight")
+    }
+
+
+def test_unrecognised_parameter_raises_and_rules_place_it():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.gain = torch.nn.Parameter(torch.ones(4))
+
+    with pytest.raises(ValueError, match="'gain'.*rules="):
+        param_groups(Scaled())
+    decay, no_decay = param_groups(Scaled(), rules={"gain": "no_decay"})
+    assert no_decay["param_names"] == ["gain", "lin.bias"]  # named_parameters() order

@@ -10,7 +10,7 @@ import torch
 
 import soap.linalg
 from soap import SOAP, NonFiniteGradientError, optimizer_state_bytes
-from soap.functional import plan_shape
+from soap.layout import plan_shape
 from tests.optim_reference import RefSOAP, adam_ref
 
 
@@ -329,7 +329,7 @@ def test_eigh_falls_back_to_fp64(monkeypatch):
 
 def test_nan_gradient_raises_naming_parameter_and_leaves_state():
     lin = torch.nn.Linear(4, 3)
-    opt = SOAP(lin.named_parameters(), lr=0.1)
+    opt = SOAP(lin.named_parameters(), lr=0.1, nonfinite_grad="raise")
     for _ in range(3):
         lin.weight.grad, lin.bias.grad = torch.randn(3, 4), torch.randn(3)
         opt.step()
@@ -347,19 +347,40 @@ def test_nan_gradient_raises_naming_parameter_and_leaves_state():
                 assert torch.equal(v, now["state"][idx][k]), k
 
 
-def test_nan_gradient_skip_mode_skips_only_that_param():
-    a = torch.randn(3, 3, requires_grad=True)
-    b = torch.randn(3, 3, requires_grad=True)
-    opt = SOAP([a, b], nonfinite_grad="skip")
-    for _ in range(2):
-        a.grad, b.grad = torch.randn(3, 3), torch.randn(3, 3)
+@pytest.mark.parametrize("on_device", [False, True])
+def test_nan_gradient_skip_mode_skips_only_that_param(on_device, monkeypatch):
+    """The default mode leaves a parameter with a NaN/inf gradient (value and every state
+    tensor) untouched and steps the others. ``on_device`` forces the mask path taken on GPUs
+    and under compile (no host check) on CPU."""
+    from soap._base import BucketedOptimizer
+
+    if on_device:
+        monkeypatch.setattr(BucketedOptimizer, "_host_all_finite", staticmethod(lambda g: False))
+    shapes = [(3, 3), (3, 3), (5, 3), (4,)]
+    params = [torch.randn(*s, requires_grad=True) for s in shapes]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    opt, opt_ref = SOAP(params, precondition_frequency=2), SOAP(ref, precondition_frequency=2)
+    for _ in range(3):
+        for p, q in zip(params, ref, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
         opt.step()
-    a0, b0 = a.detach().clone(), b.detach().clone()
-    a.grad, b.grad = torch.full((3, 3), float("inf")), torch.randn(3, 3)
+        opt_ref.step()
+    a0 = params[0].detach().clone()
+    st0 = {k: v.clone() for k, v in opt.state[params[0]].items() if isinstance(v, torch.Tensor)}
+    for p, q in zip(params, ref, strict=True):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    params[0].grad[1, 1] = float("nan")
     opt.step()
-    assert torch.equal(a.detach(), a0)
-    assert not torch.equal(b.detach(), b0)
-    assert opt.state[a]["step"] == 1 and opt.state[b]["step"] == 2
+    ref[0].grad = None  # the reference simply does not step it
+    opt_ref.step()
+    assert torch.equal(params[0].detach(), a0)
+    for k, v in st0.items():
+        assert torch.equal(opt.state[params[0]][k], v), k
+    for p, q in zip(params[1:], ref[1:], strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert int(opt.skipped_updates) == 1
 
 
 @pytest.mark.parametrize(
@@ -474,3 +495,25 @@ def test_compile_path_matches_eager():
     pb, _ = _run(lambda ps: SOAP(ps, precondition_frequency=2, compile=True), shapes, 5)
     for a, b in zip(pa, pb, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_format_state_dict_is_refused_in_one_line():
+    # What the public reference SOAP saves: GG/Q lists next to the moments.
+    p = torch.randn(4, 3, requires_grad=True)
+    ref_sd = {
+        "state": {
+            0: {
+                "step": 3,
+                "exp_avg": torch.zeros(4, 3),
+                "exp_avg_sq": torch.zeros(4, 3),
+                "GG": [torch.zeros(4, 4), torch.zeros(3, 3)],
+                "Q": [torch.eye(4), torch.eye(3)],
+            }
+        },
+        "param_groups": [{**SOAP([p]).param_groups[0], "params": [0]}],
+    }
+    opt = SOAP([p])
+    with pytest.raises(ValueError, match="reference SOAP") as e:
+        opt.load_state_dict(ref_sd)
+    assert "\n" not in str(e.value)
+    assert not opt.state  # nothing half-loaded

@@ -1,0 +1,136 @@
+"""Several optimizers stepped as one, and the Muon + AdamW hybrid built on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .grouping import ParamInfo, classify, param_groups
+
+__all__ = ["ChainedOptimizer", "MuonAdamW"]
+
+
+def _infos(params: Any) -> list[ParamInfo]:
+    """Classify a module, named parameters, or groups carrying ``param_names``."""
+    if isinstance(params, nn.Module):
+        return classify(params)
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        named = []
+        for g in params:
+            names = g.get("param_names") or [f"param{i}" for i in range(len(g["params"]))]
+            named += list(zip(names, g["params"], strict=True))
+        return classify(named)
+    return classify(params)
+
+
+class ChainedOptimizer(Optimizer):
+    """Several optimizers stepped as one (each owns a disjoint set of parameters).
+
+    ``param_groups`` is the concatenation of the children's group dicts (the same objects), so
+    LR schedulers and gradient clipping see every parameter and a scheduler's LR change
+    reaches the child that owns the group.
+    """
+
+    def __init__(self, optimizers: list[Optimizer]) -> None:
+        if not optimizers:
+            raise ValueError("ChainedOptimizer needs at least one optimizer")
+        self.optimizers = list(optimizers)
+        params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
+        super().__init__(params, {})
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        merged: dict = {}
+        for o in getattr(self, "optimizers", []):
+            merged.update(o.state)
+        return merged
+
+    @state.setter
+    def state(self, value: Any) -> None:  # Optimizer.__init__ assigns it; children own state
+        pass
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        sds = state_dict["optimizers"]
+        if len(sds) != len(self.optimizers):
+            raise ValueError(
+                f"state dict holds {len(sds)} optimizers, this ChainedOptimizer has {len(self.optimizers)}"
+            )
+        for o, sd in zip(self.optimizers, sds, strict=True):
+            o.load_state_dict(sd)
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+
+
+def MuonAdamW(
+    params: Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]] | nn.Module,
+    lr: float = 0.02,
+    weight_decay: float = 0.01,
+    momentum: float = 0.95,
+    adamw_lr: float = 3e-3,
+    adamw_betas: tuple[float, float] = (0.95, 0.95),
+    adamw_eps: float = 1e-8,
+    ns_steps: int = 5,
+    adjust_lr_fn: str | None = "match_rms_adamw",
+    decay_embeddings: bool = False,
+) -> ChainedOptimizer:
+    """``torch.optim.Muon`` on hidden 2-D matrices, AdamW on everything else.
+
+    Accepts a module (parameters classified by module type, :mod:`soap.grouping`), named
+    parameters, or the groups of :func:`soap.param_groups` (with ``param_names``).
+    ``adjust_lr_fn="match_rms_adamw"`` scales Muon's update to AdamW's RMS so one LR scale fits
+    both (Moonshot's recipe); ``adamw_lr`` follows the scheduler proportionally because both
+    groups are scaled by the same LR multiplier.
+    """
+    infos = _infos(params)
+    muon_p = [i.param for i in infos if i.muon]
+    adam_groups = [
+        {**g, "lr": adamw_lr}
+        for g in param_groups(
+            [(i.name, i.param) for i in infos if not i.muon], decay_embeddings=decay_embeddings
+        )
+    ]
+    opts: list[Optimizer] = []
+    if muon_p:
+        opts.append(
+            torch.optim.Muon(
+                muon_p,
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                ns_steps=ns_steps,
+                adjust_lr_fn=adjust_lr_fn,
+            )
+        )
+    if adam_groups:
+        opts.append(
+            torch.optim.AdamW(
+                adam_groups,
+                lr=adamw_lr,
+                betas=adamw_betas,
+                eps=adamw_eps,
+                weight_decay=weight_decay,
+            )
+        )
+    return ChainedOptimizer(opts)
