@@ -102,6 +102,13 @@ def check_bools(group: dict[str, Any], keys: Iterable[str], name: str) -> None:
         _check(isinstance(group[k], bool), f"{name}: {k} must be a bool, got {group[k]!r}")
 
 
+def _finite_flags(tensors: list[Tensor]) -> Tensor:
+    """Per tensor: is every entry finite? A NaN or inf entry makes the sum non-finite, and a
+    sum reads the tensor once at full memory speed (an inf-norm is ~15x slower on CPU). A
+    finite gradient whose fp32 sum overflows (entries around 1e30) counts as non-finite."""
+    return torch.isfinite(torch.stack([t.sum() for t in tensors]))
+
+
 def is_dtensor(t: Tensor) -> bool:
     return type(t).__name__ == "DTensor"
 
@@ -129,11 +136,24 @@ class BucketedOptimizer(Optimizer):
     _max_dim_key = "max_precond_dim"  # the group key of the largest preconditioned dimension
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        self._plan_cache: tuple[tuple, list[Bucket]] | None = None
-        self._version = 0  # bumped whenever the bucket plan must be rebuilt
-        self._distribution: Any = None  # soap.distributed.Distribution, set on the first step
-        self.skipped_updates: Tensor | None = None
+        # Bookkeeping lives in a dict, not in attributes: torch.compile (2.13) silently drops
+        # attribute assignments made inside a compiled Optimizer.step, but keeps dict updates.
+        self._book: dict[str, Any] = {
+            "plan": None,  # (signature, buckets)
+            "version": 0,  # bumped whenever the bucket plan must be rebuilt
+            "distribution": None,  # soap.distributed.Distribution, or False: not needed
+            "skipped": None,  # device tensor: parameter updates skipped for non-finite grads
+            "scratch": {},  # reusable temporaries on CPU (fresh allocations page-fault there)
+        }
         super().__init__(params, defaults)
+
+    @property
+    def skipped_updates(self) -> Tensor | None:
+        """Parameter updates skipped for a non-finite gradient (a device tensor, or None)."""
+        return self._book["skipped"]
+
+    def _invalidate(self) -> None:
+        self._book["version"] += 1
 
     # ---- hooks for subclasses ---------------------------------------------------------
     def _validate(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
@@ -182,7 +202,7 @@ class BucketedOptimizer(Optimizer):
                         "shard) but distributed='off' would precondition each shard alone: "
                         "use distributed='auto'"
                     )
-        self._version += 1
+        self._invalidate()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like ``torch.optim.Optimizer`` but keep the state in fp32.
@@ -207,7 +227,7 @@ class BucketedOptimizer(Optimizer):
             for k, v in saved[idx].items():
                 if isinstance(v, Tensor):
                     self.state[p][k] = v.to(device=p.device, copy=True)
-        self._version += 1
+        self._invalidate()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -238,14 +258,14 @@ class BucketedOptimizer(Optimizer):
             grad = self._working_grad(b, gs)
             keep = None
             if group["nonfinite_grad"] == "skip" and not host_ok:
-                ok = torch.isfinite(torch.stack(torch._foreach_norm(gs, float("inf"))))
+                ok = _finite_flags(gs)
                 keep = ok.to(torch.float32).view(-1, *([1] * (grad.dim() - 1)))
                 grad = torch.where(ok.view_as(keep), grad, 0.0)
                 self._count_skipped(ok)
             self._step_bucket(group, b, grad, keep, ts)
             first = first or b.first
         if first:
-            self._version += 1  # tensors that took their first step now bucket by step
+            self._invalidate()  # tensors that took their first step now bucket by step
 
     def _raise_on_nonfinite(self, buckets: list[Bucket], grads: list[list[Tensor]]) -> None:
         checked = [
@@ -256,9 +276,7 @@ class BucketedOptimizer(Optimizer):
         ]
         if not checked:
             return
-        flags = torch.isfinite(
-            torch.stack(torch._foreach_norm([g for _, g in checked], float("inf")))
-        )
+        flags = _finite_flags([g for _, g in checked])
         if bool(flags.all()):
             return
         bad = [p for (p, _), ok in zip(checked, flags.tolist(), strict=True) if not ok]
@@ -276,12 +294,12 @@ class BucketedOptimizer(Optimizer):
         gs = [g for bg in grads for g in bg]
         if not gs or torch.compiler.is_compiling() or any(g.device.type != "cpu" for g in gs):
             return False
-        return bool(torch.isfinite(torch.stack(torch._foreach_norm(gs, float("inf")))).all())
+        return bool(_finite_flags(gs).all())
 
     def _count_skipped(self, ok: Tensor) -> None:
-        if self.skipped_updates is None:
-            self.skipped_updates = torch.zeros((), dtype=torch.int64, device=ok.device)
-        self.skipped_updates += (~ok).sum().to(self.skipped_updates.device)
+        bad = (~ok).sum()
+        book = self._book
+        book["skipped"] = bad if book["skipped"] is None else book["skipped"] + bad
 
     @staticmethod
     def _working_grad(bucket: Bucket, grads: list[Tensor]) -> Tensor:
@@ -296,7 +314,8 @@ class BucketedOptimizer(Optimizer):
     # ---- the bucket plan ----------------------------------------------------------------
     def _active(self) -> list[tuple[int, Tensor]]:
         """``(group index, parameter)`` of every parameter this rank steps now."""
-        owns = self._distribution.owns if self._distribution else None
+        dist = self._book["distribution"]
+        owns = dist.owns if dist else None
         return [
             (gi, p)
             for gi, g in enumerate(self.param_groups)
@@ -306,13 +325,14 @@ class BucketedOptimizer(Optimizer):
 
     def _buckets(self) -> list[Bucket]:
         signature = (
-            self._version,
+            self._book["version"],
             tuple(tuple(p.grad is not None for p in g["params"]) for g in self.param_groups),
         )
-        if self._plan_cache is not None and self._plan_cache[0] == signature:
-            return self._plan_cache[1]
+        cached = self._book["plan"]
+        if cached is not None and cached[0] == signature:
+            return cached[1]
         buckets = self._build_buckets(self._active())
-        self._plan_cache = (signature, buckets)
+        self._book["plan"] = (signature, buckets)
         return buckets
 
     def _build_buckets(self, active: list[tuple[int, Tensor]]) -> list[Bucket]:
@@ -362,11 +382,12 @@ class BucketedOptimizer(Optimizer):
     def _get_distribution(self) -> Any:
         if self.param_groups[0]["distributed"] == "off":
             return None
-        if self._distribution is None:
+        book = self._book
+        if book["distribution"] is None:
             from .distributed import Distribution
 
-            self._distribution = Distribution.create(self)  # False: one process, none needed
-        return self._distribution or None
+            book["distribution"] = Distribution.create(self)  # False: one process, none needed
+        return book["distribution"] or None
 
     def _param_name(self, p: Tensor) -> str:
         for gi, group in enumerate(self.param_groups):
@@ -378,9 +399,51 @@ class BucketedOptimizer(Optimizer):
                     return f"param_groups[{gi}]['params'][{i}] (shape {tuple(p.shape)})"
         return f"parameter of shape {tuple(p.shape)}"
 
+    def _scratch(self, slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+        """A reusable fp32 buffer of ``shape`` on CPU (eager), else ``None`` (allocate).
+
+        On CPU every fresh large temporary costs page faults (~3 ms per 32 MB here), so the
+        largest temporaries of a step reuse one buffer per slot, sized for the largest
+        bucket; accelerators' caching allocators make this unnecessary.
+        """
+        if like.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        n = 1
+        for s in shape:
+            n *= s
+        store = self._book["scratch"]
+        buf = store.get(slot)
+        if buf is None or buf.numel() < n:
+            buf = store[slot] = torch.empty(n, dtype=torch.float32)
+        return buf[:n].view(shape)
+
     def _set_step(self, params: list[Tensor], step: int) -> None:
         for p in params:
             self.state[p][STEP] = step
+
+    @classmethod
+    def _apply_product_update(
+        cls,
+        targets: list[Tensor],
+        plan: ShapePlan,
+        a: Tensor,
+        b: Tensor,
+        step_size: float,
+        decay: float,
+        decay_first: bool,
+        keep: Tensor | None,
+    ) -> None:
+        """:meth:`_apply_update` with ``update = a @ b`` (batched); for unmasked fp32 matrices
+        the product, the step and the weight decay are one ``addmm`` per tensor (no
+        temporary, two fewer passes over the parameter)."""
+        fused = keep is None and plan.permute is None and len(plan.original) == 2
+        if fused and all(t.dtype == torch.float32 and t.is_contiguous() for t in targets):
+            # decay after: (1 - d)(p - s u); decay first: (1 - d) p - s u.
+            alpha = -step_size if decay_first else -(1.0 - decay) * step_size
+            for t, ai, bi in zip(targets, a.unbind(0), b.unbind(0), strict=True):
+                t.addmm_(ai, bi, beta=1.0 - decay, alpha=alpha)
+            return
+        cls._apply_update(targets, plan, a @ b, step_size, decay, decay_first, keep)
 
     @staticmethod
     def _apply_update(

@@ -68,7 +68,12 @@ def update_factors_(
     """
     w = _weight(beta, keep)
     for i, f in enumerate(factors):
-        if f is not None:
+        if f is None:
+            continue
+        if keep is None and g.dim() == 3:  # fused: no temporary d x d product
+            a, b = (g, g.mT) if i == 0 else (g.mT, g)
+            f.baddbmm_(a, b, beta=beta, alpha=1.0 - beta)
+        else:
             f.lerp_(gram(g, i + 1), w)
 
 
@@ -86,25 +91,24 @@ def _rotate_dim(x: Tensor, q: Tensor, dim: int, transpose: bool) -> Tensor:
     return torch.einsum(spec, x, q)
 
 
-def rotate(x: Tensor, mats: Sequence[Tensor | None], *, transpose: bool) -> Tensor:
+def rotate(
+    x: Tensor, mats: Sequence[Tensor | None], *, transpose: bool, out: Tensor | None = None
+) -> Tensor:
     """Rotate batched ``x`` (``(B, d_1, ..., d_k)``) dimension by dimension.
 
     ``transpose=True`` computes ``Q_1^T ... x ... Q_k`` (into the eigenbasis; for a matrix
     ``Q_L^T X Q_R``); ``transpose=False`` the inverse ``Q_L X Q_R^T``. ``None`` entries are the
     identity. Symmetric ``mats`` (Shampoo's inverse roots) give the same result either way.
+    ``out`` receives a matrix's last product (a reusable buffer); other shapes ignore it.
     """
     if x.dim() == 3 and len(mats) == 2:
         ql, qr = mats
-        if transpose:
-            if ql is not None:
-                x = ql.mT @ x
-            if qr is not None:
-                x = x @ qr
-        else:
-            if ql is not None:
-                x = ql @ x
-            if qr is not None:
-                x = x @ qr.mT
+        if ql is not None and qr is not None:
+            x = ql.mT @ x if transpose else ql @ x
+        elif ql is not None:
+            return torch.matmul(ql.mT if transpose else ql, x, out=out)
+        if qr is not None:
+            return torch.matmul(x, qr if transpose else qr.mT, out=out)
         return x
     for i, q in enumerate(mats):
         if q is not None:
@@ -117,11 +121,8 @@ def rotate(x: Tensor, mats: Sequence[Tensor | None], *, transpose: bool) -> Tens
 # --------------------------------------------------------------------------------------
 def ema_(avg: Tensor, x: Tensor, beta: float, keep: Tensor | None = None) -> None:
     """``avg <- beta avg + (1 - beta) x`` in place; with ``keep`` (``(B, 1, ...)``) a 0
-    leaves that stacked tensor untouched (the reference's own operations without a mask)."""
-    if keep is None:
-        avg.mul_(beta).add_(x, alpha=1.0 - beta)
-    else:
-        avg.lerp_(x, _weight(beta, keep))
+    leaves that stacked tensor untouched."""
+    avg.lerp_(x, _weight(beta, keep))  # one pass (mul_ + add_ would be two)
 
 
 def adam_moments_(

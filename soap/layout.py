@@ -72,17 +72,17 @@ class Layout:
         return sum(6 * n * d for d, has in zip(self.shape, self.preconditioned, strict=True) if has)
 
     def refresh_flops(self) -> int:
-        """FLOPs of one basis refresh (``diag(QᵀLQ)``, ``L Q``, Householder QR ``~4/3 d³``)
-        plus re-expressing the first moment (a rotation out and back in)."""
+        """FLOPs of one basis refresh: ``L Q`` (``2d^3``), Householder QR without ``R``
+        (``8/3 d^3``) and the first moment's change of basis (the cheaper of ``4Nd`` and
+        ``2d^3 + 2Nd``, as :meth:`soap.SOAP._refresh` chooses)."""
         n = 1
         for s in self.shape:
             n *= s
-        per_dim = sum(
-            2 * d**3 + 2 * d**3 + 4 * d**3 // 3 + 4 * n * d
+        return sum(
+            2 * d**3 + 8 * d**3 // 3 + min(4 * n * d, 2 * d**3 + 2 * n * d)
             for d, has in zip(self.shape, self.preconditioned, strict=True)
             if has
         )
-        return per_dim
 
 
 def _merge(shape: Sequence[int], max_precond_dim: int) -> tuple[int, ...]:

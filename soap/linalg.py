@@ -18,7 +18,15 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["eigenbasis", "refresh_basis", "inverse_root", "full_fp32", "EighFailure"]
+__all__ = [
+    "eigenbasis",
+    "refresh_basis",
+    "inverse_root",
+    "full_fp32",
+    "all_finite",
+    "select",
+    "EighFailure",
+]
 
 
 class EighFailure(RuntimeError):
@@ -97,16 +105,34 @@ def _robust_eigh(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return vals, vecs, ok
 
 
+def all_finite(x: Tensor) -> Tensor:
+    """Per stacked tensor ``(B, ...)``: are all entries finite? (``(B,)`` bool, on device)."""
+    return torch.isfinite(x.flatten(1).sum(dim=1))
+
+
+def _host_free(t: Tensor) -> bool:
+    """Whether reading ``t``'s value on the host costs nothing (CPU, not under compile)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def select(ok: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new[b]`` where ``ok[b]`` else ``old[b]``: on the device, except that on CPU (where the
+    check is free) the common all-ok case skips the copy."""
+    if _host_free(ok) and bool(ok.all()):
+        return new
+    return torch.where(ok.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
 def _keep_failed(new: Tensor, ok: Tensor, previous: Tensor | None, what: str) -> Tensor:
     """``new`` where ``ok``, else ``previous`` (identity if none); warns once in eager mode."""
+    if not torch.compiler.is_compiling() and not bool(ok.all()):
+        _warn_once(what, _FAILURE_MESSAGES[what])
     fallback = (
         previous.float()
         if previous is not None
         else torch.eye(new.shape[-1], dtype=new.dtype, device=new.device).expand_as(new)
     )
-    if not torch.compiler.is_compiling() and not bool(ok.all()):
-        _warn_once(what, _FAILURE_MESSAGES[what])
-    return torch.where(ok[:, None, None], new, fallback)
+    return select(ok, new, fallback)
 
 
 _FAILURE_MESSAGES = {
@@ -137,17 +163,24 @@ def refresh_basis(factor: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns ``(Q_new, order)`` with ``order`` ``(B, d)``. Householder QR of finite input cannot
     fail; a non-finite result (only from a non-finite factor) keeps the sorted old basis for
-    that matrix, decided on the device (no host synchronisation).
+    that matrix, decided on the device (no host synchronisation on accelerators).
+
+    ``L`` is symmetric, so ``Q^T L`` in row-major memory is ``L Q`` in the column-major layout
+    LAPACK wants: one matmul gives both the eigenvalue estimates and QR's input without a
+    transposing copy, and ``geqrf`` + ``householder_product`` never form ``R``.
     """
     factor = factor.float()
     basis = basis.float()
-    est = torch.einsum("bij,bik,bkj->bj", basis, factor, basis)  # diag(Q^T L Q)
+    lq_t = basis.mT @ factor  # (L Q)^T
+    est = (lq_t * basis.mT).sum(dim=-1)  # diag(Q^T L Q)
     order = torch.argsort(est, dim=-1, descending=True)
+    power = torch.gather(lq_t, 1, order[:, :, None].expand_as(lq_t)).mT  # L Q_sorted
+    q_new = torch.linalg.householder_product(*torch.geqrf(power))
+    ok = all_finite(q_new)
+    if _host_free(ok) and bool(ok.all()):
+        return q_new, order
     q_sorted = torch.gather(basis, 2, order[:, None, :].expand_as(basis))
-    power = factor @ q_sorted
-    q_new, _ = torch.linalg.qr(power)
-    ok = torch.isfinite(q_new).flatten(1).all(dim=1)
-    return torch.where(ok[:, None, None], q_new, q_sorted), order
+    return select(ok, q_new, q_sorted), order
 
 
 def inverse_root(factor: Tensor, root: float, eps: float, previous: Tensor | None) -> Tensor:

@@ -61,6 +61,16 @@ from .linalg import eigenbasis, full_fp32, refresh_basis
 __all__ = ["SOAP"]
 
 
+def _last_matmul(direction: Tensor, bases: list[Tensor | None]) -> tuple[Tensor, Tensor] | None:
+    """``(a, b)`` with ``a @ b == Q_L D Q_R^T`` for a matrix with a basis, else ``None``."""
+    if direction.dim() != 3 or len(bases) != 2 or (bases[0] is None and bases[1] is None):
+        return None
+    ql, qr = bases
+    if ql is None:
+        return direction, qr.mT
+    return ql, (direction @ qr.mT if qr is not None else direction)
+
+
 def _adam_direction(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -69,10 +79,13 @@ def _adam_direction(
     beta2: float,
     eps: float,
     keep: Tensor | None,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """Update the moments in place and return ``M / (sqrt(V) + eps)``."""
+    """Update the moments in place and return ``M / (sqrt(V) + eps)`` (in ``out`` if given)."""
     F.adam_moments_(exp_avg, exp_avg_sq, grad, beta1, beta2, keep)
-    return exp_avg / exp_avg_sq.sqrt().add_(eps)
+    denom = torch.sqrt(exp_avg_sq, out=out) if out is not None else exp_avg_sq.sqrt()
+    denom.add_(eps)
+    return torch.div(exp_avg, denom, out=denom)
 
 
 class SOAP(BucketedOptimizer):
@@ -245,7 +258,8 @@ class SOAP(BucketedOptimizer):
 
             step = self.state[params[0]]["step"] + 1
             self._set_step(params, step)
-            g_rot = F.rotate(grad, bases, transpose=True)
+            work = None if group["compile"] else self._scratch("work", grad.shape, grad)
+            g_rot = F.rotate(grad, bases, transpose=True, out=work)
             exp_avg = buf["exp_avg"]
             if layout.factored_second_moment:
                 F.ema_(exp_avg, g_rot, beta1, keep)
@@ -256,19 +270,20 @@ class SOAP(BucketedOptimizer):
             else:
                 fn = self._direction_fn(group)
                 direction = fn(exp_avg, buf["exp_avg_sq"], g_rot, beta1, beta2, group["eps"], keep)
-            update = F.rotate(direction, bases, transpose=False)
-            if group["normalize_grads"]:
-                update = F.normalize_rms(update)
+            decay = group["lr"] * group["weight_decay"]
             step_size = F.soap_step_size(group["lr"], beta1, beta2, step, group["correct_bias"])
-            self._apply_update(
-                targets,
-                layout.plan,
-                update,
-                step_size,
-                group["lr"] * group["weight_decay"],
-                decay_first=False,
-                keep=keep,
-            )
+            last = _last_matmul(direction, bases) if not group["normalize_grads"] else None
+            if last is not None:  # the rotation back ends in one matmul: fuse it with the step
+                self._apply_product_update(
+                    targets, layout.plan, *last, step_size, decay, False, keep
+                )
+            else:
+                update = F.rotate(direction, bases, transpose=False)
+                if group["normalize_grads"]:
+                    update = F.normalize_rms(update)
+                self._apply_update(
+                    targets, layout.plan, update, step_size, decay, decay_first=False, keep=keep
+                )
 
             # After the update: fold this gradient into the factors, then maybe refresh.
             F.update_factors_(factors, grad, shampoo_beta, keep)
@@ -283,11 +298,20 @@ class SOAP(BucketedOptimizer):
         factored: bool,
     ) -> None:
         """Power iteration + QR per factor; permute the second moment by the new order and
-        re-express the first moment in the new basis (it is kept rotated)."""
+        re-express the first moment (kept rotated) in the new basis.
+
+        Along a dimension ``d`` of a tensor with ``N`` entries the first moment is either
+        rotated out with ``Q_old`` and back in with ``Q_new^T`` (``4 N d`` FLOPs), or turned
+        by the small ``Q_new^T Q_old`` (``2 d^3 + 2 N d``), whichever is cheaper: the second
+        for vocabulary-sized matrices, whose ``N`` is far larger than ``d^2``.
+        """
         exp_avg = buf["exp_avg"]
-        momentum = F.rotate(exp_avg, bases, transpose=False)  # back to parameter coordinates
+        n = exp_avg[0].numel()
+        olds = [q.clone() if q is not None else None for q in bases]
+        new_in: list[Tensor | None] = []
         for i, (f, q) in enumerate(zip(factors, bases, strict=True)):
             if f is None:
+                new_in.append(None)
                 continue
             q_new, order = refresh_basis(f, q)
             if factored:
@@ -295,4 +319,10 @@ class SOAP(BucketedOptimizer):
             else:
                 F.permute_along_(buf["exp_avg_sq"], i + 1, order)
             q.copy_(q_new)
-        exp_avg.copy_(F.rotate(momentum, bases, transpose=True))
+            d = q.shape[-1]
+            # In: Q_new^T x, or (Q_new^T Q_old) x after no rotation out.
+            new_in.append((olds[i].mT @ q) if d * d < n else q)
+            if d * d < n:
+                olds[i] = None
+        momentum = F.rotate(exp_avg, olds, transpose=False)  # out along the other dims
+        exp_avg.copy_(F.rotate(momentum, new_in, transpose=True))

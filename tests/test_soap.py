@@ -517,3 +517,30 @@ def test_reference_format_state_dict_is_refused_in_one_line():
         opt.load_state_dict(ref_sd)
     assert "\n" not in str(e.value)
     assert not opt.state  # nothing half-loaded
+
+
+@pytest.mark.parametrize("shape", [(40, 4), (4, 40), (12, 10), (50, 6, 3)])
+def test_refresh_reexpresses_first_moment_exactly(shape):
+    """After a refresh the first moment (kept rotated) must equal the old one taken back to
+    parameter coordinates and rotated into the new basis, whichever way each dimension is
+    computed (out and back in, or by the small change-of-basis matrix)."""
+    from soap import functional as F
+    from soap.layout import basis_key, factor_key
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(*shape, requires_grad=True)
+    opt = SOAP([p], precondition_frequency=1000)
+    for _ in range(3):
+        p.grad = torch.randn(*shape, generator=gen)
+        opt.step()
+    st = opt.state[p]
+    dims = range(len(shape))
+    buf = {k: v.unsqueeze(0).clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+    bases = [buf[basis_key(i)] for i in dims]
+    factors = [buf[factor_key(i)] for i in dims]
+    momentum = F.rotate(buf["exp_avg"], [q.clone() for q in bases], transpose=False)
+    SOAP._refresh(buf, factors, bases, factored=False)
+    expected = F.rotate(momentum, bases, transpose=True)
+    torch.testing.assert_close(buf["exp_avg"], expected, rtol=1e-4, atol=1e-5)
+    for q in bases:  # still orthonormal
+        torch.testing.assert_close(q[0].mT @ q[0], torch.eye(q.shape[-1]), atol=1e-4, rtol=0)
