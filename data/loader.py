@@ -48,6 +48,10 @@ class PackedSequences:
 
 
 class TrainLoader:
+    """Global batches of packed sequences; this rank's micro-batches of each."""
+
+    per_rank_state = False  # the state (epoch, step) is the same on every rank
+
     def __init__(
         self,
         data: PackedSequences,

@@ -1,14 +1,15 @@
 """Tokenize documents, append an end-of-document token, pack into fixed-length sequences and
 write memory-mapped token shards plus a manifest (source, tokenizer, seq_len, counts, sha256).
 
-``python -m data.prepare data=embedded seq_len=128`` (Hydra-style ``key=value`` overrides of
-``configs/data/*.yaml``) or called by the trainer. Results are cached under a content key: a
+``python -m scripts.prepare <the run's overrides>`` (what the trainer would prepare, through
+Hydra's compose API) or called by the trainer. Results are cached under a content key: a
 second call with the same source, tokenizer and ``seq_len`` reuses the shards after checking
 them against the manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import DataConfig
 from .sources import SPLITS, DataError, iter_documents
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -63,13 +65,11 @@ def _dtype_for(vocab_size: int, requested: str = "auto") -> np.dtype:
     return np.dtype(requested)
 
 
-def source_key(data_cfg: dict[str, Any]) -> str:
-    keep = {
-        k: v
-        for k, v in data_cfg.items()
-        if k not in ("cache_dir", "verify", "num_proc", "batch_docs")
-    }
-    if keep.get("source", "embedded") == "embedded":
+def source_key(cfg: DataConfig) -> str:
+    """What the documents depend on (the tokenizer is keyed separately)."""
+    keep = cfg.content_key()
+    keep.pop("tokenizer")
+    if cfg.source == "embedded":
         keep["python"] = sys.version.split()[0]
     return json.dumps(keep, sort_keys=True, default=str)
 
@@ -172,63 +172,78 @@ def verify(root: Path, manifest: dict[str, Any], full: bool = True) -> None:
                 )
 
 
+def prepared_root(cfg: DataConfig, seq_len: int, cache_dir: str | Path) -> Path:
+    """Where :func:`prepare` puts (or finds) the shards for ``cfg`` and ``seq_len``."""
+    tok_cfg = dataclasses.asdict(cfg.tokenizer)
+    key = hashlib.sha256(
+        json.dumps(
+            [FORMAT_VERSION, source_key(cfg), tok_cfg, int(seq_len)], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:16]
+    return Path(cache_dir) / "prepared" / key
+
+
+def load_prepared(root: Path, full_verify: bool) -> Prepared | None:
+    """The prepared data in ``root`` after checking it, or None if there is none (yet)."""
+    mpath = root / "manifest.json"
+    if not mpath.exists():
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError:
+        raise DataError(
+            f"{mpath} is not valid JSON: delete {root} to re-prepare the data"
+        ) from None
+    verify(root, manifest, full=full_verify)
+    return Prepared(root, manifest)
+
+
 def prepare(
-    data_cfg: dict[str, Any],
+    cfg: DataConfig,
     seq_len: int,
     cache_dir: str | Path = ".cache/soap-bench",
     progress: bool = True,
 ) -> Prepared:
-    """Prepare (or reuse) packed shards for ``data_cfg``; returns the manifest."""
+    """Prepare (or reuse) packed shards for ``cfg``; returns the manifest."""
     if int(seq_len) < 2:
         raise DataError(f"seq_len must be >= 2, got {seq_len}")
     seq_len = int(seq_len)
-    data_cfg = dict(data_cfg)
-    tok_cfg = dict(data_cfg.pop("tokenizer", {"kind": "bpe", "vocab_size": 8192}))
-    cache_dir = Path(data_cfg.get("cache_dir") or cache_dir)
-    skey = source_key(data_cfg)
-    key = hashlib.sha256(
-        json.dumps([FORMAT_VERSION, skey, tok_cfg, seq_len], sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
-    root = cache_dir / "prepared" / key
-    mpath = root / "manifest.json"
-    if mpath.exists():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError:
-            raise DataError(
-                f"{mpath} is not valid JSON: delete {root} to re-prepare the data"
-            ) from None
-        verify(root, manifest, full=data_cfg.get("verify", "full") == "full")
-        return Prepared(root, manifest)
+    tok_cfg = dataclasses.asdict(cfg.tokenizer)
+    cache_dir = Path(cache_dir)
+    skey = source_key(cfg)
+    root = prepared_root(cfg, seq_len, cache_dir)
+    found = load_prepared(root, cfg.verify == "full")
+    if found is not None:
+        return found
 
     t0 = time.time()
-    max_tokens = data_cfg.get("max_tokens")
+    max_tokens = cfg.max_tokens
     tok = load_tokenizer(
-        tok_cfg, _limit(iter_documents(data_cfg, "train"), max_tokens), cache_dir, skey
+        cfg.tokenizer, _limit(iter_documents(cfg, "train"), max_tokens), cache_dir, skey
     )
-    dtype = _dtype_for(tok.vocab_size, data_cfg.get("dtype", "auto"))
+    dtype = _dtype_for(tok.vocab_size, cfg.dtype)
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     splits = {}
     for split in SPLITS:
-        limit = max_tokens if split == "train" else data_cfg.get("max_val_tokens", max_tokens)
+        limit = max_tokens if split == "train" else cfg.max_val_tokens
         splits[split] = _write_split(
-            iter_documents(data_cfg, split),
+            iter_documents(cfg, split),
             tok,
             seq_len,
             dtype,
             tmp,
             split,
             int(limit) if limit else None,
-            int(data_cfg.get("shard_tokens", DEFAULT_SHARD_TOKENS)),
-            int(data_cfg.get("batch_docs", 256)),
+            int(cfg.shard_tokens),
+            int(cfg.batch_docs),
             progress,
         )
         if splits[split]["sequences"] == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(
-                f"the {split} split of source {data_cfg.get('source', 'embedded')!r} has fewer than seq_len={seq_len} "
+                f"the {split} split of source {cfg.source!r} has fewer than seq_len={seq_len} "
                 "tokens: add data, lower seq_len, or change data.val_fraction"
             )
     manifest = {
@@ -262,34 +277,3 @@ def _limit(docs: Iterator[str], max_tokens: int | None) -> Iterator[str]:
         budget -= len(d)
         if budget <= 0:
             return
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m data.prepare [data=embedded] [seq_len=128] [data.key=value ...]``."""
-    from omegaconf import OmegaConf
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    base = Path(__file__).resolve().parent.parent / "configs"
-    name = next((a.split("=", 1)[1] for a in args if a.startswith("data=")), "embedded")
-    seq_len = int(next((a.split("=", 1)[1] for a in args if a.startswith("seq_len=")), 128))
-    cfg = OmegaConf.load(base / "data" / f"{name}.yaml")
-    overrides = [a[len("data.") :] for a in args if a.startswith("data.")]
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    try:
-        prep = prepare(OmegaConf.to_container(cfg, resolve=True), seq_len)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    m = prep.manifest
-    print(
-        f"prepared {prep.root}: vocab {m['tokenizer']['vocab_size']}, seq_len {m['seq_len']}, "
-        + ", ".join(
-            f"{s} {m['splits'][s]['sequences']} seqs / {m['splits'][s]['tokens']} tokens"
-            for s in SPLITS
-        )
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

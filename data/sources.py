@@ -30,7 +30,10 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 SPLITS = ("train", "validation")
 
@@ -212,30 +215,22 @@ def hub_documents(
         ) from None
 
 
-def iter_documents(cfg: dict[str, Any], split: str) -> Iterator[str]:
-    """Documents of ``split`` for a data config (``source`` plus source-specific keys)."""
+def iter_documents(cfg: DataConfig, split: str) -> Iterator[str]:
+    """Documents of ``split`` for a data config."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {SPLITS}")
-    source = cfg.get("source", "embedded")
-    val_fraction = float(cfg.get("val_fraction", 0.05))
-    if source == "embedded":
-        return _split_filter(embedded_documents(), split, val_fraction)
-    if source == "local":
-        if not cfg.get("paths"):
+    if cfg.source == "embedded":
+        return _split_filter(embedded_documents(), split, cfg.val_fraction)
+    if cfg.source == "local":
+        if not cfg.paths:
             raise DataError("data.source=local needs data.paths (files, directories or globs)")
-        docs = local_documents(
-            cfg["paths"], cfg.get("text_field", "text"), bool(cfg.get("split_paragraphs", False))
-        )
-        return _split_filter(docs, split, val_fraction)
-    if source in ("hf", "c4"):
-        name = cfg.get("name") or ("allenai/c4" if source == "c4" else None)
+        docs = local_documents(cfg.paths, cfg.text_field, bool(cfg.split_paragraphs))
+        return _split_filter(docs, split, cfg.val_fraction)
+    if cfg.source in ("hf", "c4"):
+        name = cfg.name or ("allenai/c4" if cfg.source == "c4" else None)
         if not name:
             raise DataError("data.source=hf needs data.name (a hub dataset id)")
-        conf = cfg.get("config", "en" if source == "c4" else None)
-        hub_split = (
-            cfg.get("validation_split", "validation")
-            if split == "validation"
-            else cfg.get("train_split", "train")
-        )
-        return hub_documents(name, conf, hub_split, cfg.get("text_field", "text"))
-    raise DataError(f"unknown data source {source!r}: use embedded, local, hf or c4")
+        conf = cfg.config or ("en" if cfg.source == "c4" else None)
+        hub_split = cfg.validation_split if split == "validation" else cfg.train_split
+        return hub_documents(name, conf, hub_split, cfg.text_field)
+    raise DataError(f"unknown data source {cfg.source!r}: use embedded, local, hf or c4")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import TokenizerConfig
 from .sources import DataError
 
 EOS = "<|endoftext|>"
@@ -51,12 +52,12 @@ def train_bpe(docs: Iterable[str], vocab_size: int, path: Path) -> None:
 
 
 def load_tokenizer(
-    cfg: dict[str, Any], train_docs: Iterator[str] | None, cache_dir: Path, source_key: str
+    cfg: TokenizerConfig, train_docs: Iterator[str] | None, cache_dir: Path, source_key: str
 ) -> Tokenizer:
-    """``cfg``: ``{kind: bpe, vocab_size: 8192}`` or ``{kind: pretrained, name: t5-base}``."""
-    kind = cfg.get("kind", "bpe")
+    """A locally trained byte-level BPE (``kind=bpe``) or a pretrained one (``kind=pretrained``)."""
+    kind = cfg.kind
     if kind == "bpe":
-        vocab = int(cfg.get("vocab_size", 8192))
+        vocab = int(cfg.vocab_size)
         if vocab < 300:
             raise DataError(
                 f"tokenizer.vocab_size={vocab} is too small for byte-level BPE (>= 300)"
@@ -80,7 +81,7 @@ def load_tokenizer(
             ],
         )
     if kind == "pretrained":
-        name = cfg.get("name")
+        name = cfg.name
         if not name:
             raise DataError(
                 "tokenizer.kind=pretrained needs tokenizer.name (e.g. t5-base, gpt2, or a local path)"

@@ -14,6 +14,15 @@ from dataclasses import dataclass
 PAPER_VOCAB = 32100
 
 
+@dataclass
+class ModelConfig:
+    """The ``model`` config group's schema."""
+
+    preset: str = "tiny"
+    qk_norm: bool = True  # OLMo-2 with QK-norm (Zhao et al. 2024 setup); False: Llama
+    init_std: float = 0.02
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     name: str

@@ -21,17 +21,18 @@ from pathlib import Path
 
 import torch
 
+from data.config import DataConfig
 from data.loader import PackedSequences, TrainLoader
 from data.prepare import prepare, source_key
 from data.sources import iter_documents
 from data.tokenizer import load_tokenizer
 
-EMB = {"source": "embedded", "val_fraction": 0.05, "tokenizer": {"kind": "bpe", "vocab_size": 4096}}
+EMB = DataConfig()  # the embedded corpus, BPE 4096
 
 
 def _train_tokens_per_s(preset: str, seq_len: int, batch: int, steps: int, device: str) -> float:
     from models import build_model
-    from scripts.train import lm_loss
+    from models.loss import lm_loss_from_logits as lm_loss
 
     model = build_model(
         preset, vocab_size=32100 if preset != "tiny" else 4096, max_seq_len=seq_len
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             EMB["tokenizer"],
             iter_documents(EMB, "train"),
             cache,
-            source_key({k: v for k, v in EMB.items() if k != "tokenizer"}),
+            source_key(EMB),
         )
         t_tok = time.perf_counter() - t
         t = time.perf_counter()

@@ -6,15 +6,19 @@
   ``skip_steps`` steps (compilation, allocator warm-up) are timed separately as warm-up;
 * target: an eval loss. It is "reached" at the first evaluation with loss <= target; the
   reported step and time are linearly interpolated between that evaluation and the previous
-  one (the loss is assumed linear in between), the convention used by the report.
+  one (the loss is assumed linear in between): :func:`scripts.measures.crossing`, the one
+  definition the trainer and the report share.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
+
+from scripts.measures import crossing_point
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
@@ -79,26 +83,23 @@ class TrainClock:
 
 
 class TargetTracker:
-    """First (interpolated) step and training time at which eval loss <= target."""
+    """First (interpolated) step and training time at which eval loss <= target, updated one
+    evaluation at a time with the same rule as :func:`scripts.measures.crossing`."""
 
     def __init__(self, target: float | None) -> None:
         self.target = target
-        self.prev: tuple[int, float, float] | None = None
+        self.prev: tuple[float, float, float] | None = None
         self.reached: dict[str, float] | None = None
 
     def update(self, step: int, seconds: float, loss: float) -> bool:
         if self.target is None or self.reached is not None:
             return self.reached is not None
-        if loss <= self.target:
-            if self.prev is None or self.prev[2] <= loss:
-                s, t = float(step), seconds
-            else:
-                s0, t0, l0 = self.prev
-                frac = (l0 - self.target) / (l0 - loss)
-                s, t = s0 + frac * (step - s0), t0 + frac * (seconds - t0)
-            self.reached = {"step": s, "seconds": t, "eval_step": step}
+        hit = crossing_point(self.prev, step, seconds, loss, self.target)
+        if hit is not None:
+            self.reached = {"step": hit[0], "seconds": hit[1], "eval_step": step}
             return True
-        self.prev = (step, seconds, loss)
+        if math.isfinite(loss):
+            self.prev = (float(step), float(seconds), float(loss))
         return False
 
     def state_dict(self) -> dict[str, Any]:

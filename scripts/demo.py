@@ -9,11 +9,12 @@ dashboard. ``--quick`` runs a few steps per cell (the CI smoke test).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
+
+from scripts.measures import best_lr
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,13 +52,12 @@ QUICK = {
 
 def run_cell(
     out: Path, optimizer: str, lr: float, fraction: float, plan: dict, extra: list[str]
-) -> dict:
+) -> float | None:
     """One training run, in this process (saves ~10 s of start-up per run; peak memory is
-    still per run, see ``scripts.train.reset_peak_memory``). A failing run is reported as
+    still per run, see ``scripts.trainer.loop.reset_peak_memory``). A failing run is reported as
     crashed and the demo goes on."""
-    from hydra import compose, initialize_config_dir
-
-    from scripts.train import EXIT_INTERRUPTED, run_training
+    from scripts.config import compose
+    from scripts.trainer import EXIT_INTERRUPTED, run_training
 
     run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}"
     overrides = [
@@ -71,9 +71,7 @@ def run_cell(
         *extra,
     ]
     try:
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
-        code = run_training(cfg)
+        code = run_training(compose(overrides))
     except Exception as e:  # keep going: the report counts it as not reached
         code = 1
         print(f"demo: run {run_dir} failed: {type(e).__name__}: {e}", file=sys.stderr)
@@ -85,8 +83,10 @@ def run_cell(
             f"demo: run {run_dir} ended with exit code {code}; it is reported as not reached",
             file=sys.stderr,
         )
-    summary = run_dir / "summary.json"
-    return json.loads(summary.read_text()) if summary.exists() else {"status": "crashed"}
+    from scripts.record import RunRecord
+
+    rec = RunRecord.read(run_dir)
+    return rec.final_eval_loss if rec is not None and rec.completed else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,17 +123,15 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     )
     best: dict[str, tuple[float, float]] = {}
     for opt, lrs in plan["lrs"].items():
-        losses: dict[float, float] = {}
+        losses: dict[float, float | None] = {}
         queue = list(lrs)
         extended = 0
         while queue:
             lr = queue.pop(0)
-            s = run_cell(out, opt, lr, 1.0, plan, args.overrides)
-            loss = s.get("final_eval_loss") if s.get("status") == "completed" else None
-            losses[lr] = loss if loss is not None else float("inf")
+            losses[lr] = run_cell(out, opt, lr, 1.0, plan, args.overrides)
             if not queue and extended < plan["max_extend"]:
                 grid = sorted(losses)
-                top = min(grid, key=lambda x: losses[x])
+                top = best_lr(losses.items())[0]
                 if top == grid[-1]:
                     queue.append(half_decade(top, +1))
                 elif top == grid[0]:
@@ -144,9 +142,9 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
                         f"demo: best {opt} lr {top:g} is on the grid's edge; adding lr {queue[0]:g}",
                         flush=True,
                     )
-        top = min(losses, key=lambda x: losses[x])
-        if losses[top] < float("inf"):
-            best[opt] = (top, losses[top])
+        found = best_lr(losses.items())
+        if found is not None and math.isfinite(found[1]):
+            best[opt] = found
     for opt in ("soap", "adamw"):
         if opt in best:
             for frac in plan["fractions"]:
@@ -157,10 +155,10 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     res = write_report(
         out, args.report_out, command=f"{cmd.strip()} (report: python -m scripts.report {out})"
     )
-    for name, table in res["headline"].items():
+    for name, table in res.headline.items():
         print(f"\n{name}\n{table}")
     print(
-        f"\ndemo finished in {time.time() - t0:.0f}s\nreport: {res['out'] / 'report.md'}\ndashboard: {res['dashboard']}"
+        f"\ndemo finished in {time.time() - t0:.0f}s\nreport: {res.out / 'report.md'}\ndashboard: {res.dashboard}"
     )
     return 0
 

@@ -16,53 +16,41 @@ same cells through Hydra multirun with hydra-submitit-launcher (``pip install -e
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from scripts.config import CONFIGS, compose
+from scripts.measures import best_lr
+from scripts.record import RunRecord
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PEAK, MFU = 989e12, 0.4
 
 
-def preset_cfg(preset: str):
-    path = CONFIGS / "experiment" / f"{preset}.yaml"
-    if not path.exists():
-        names = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+def preset_cfg(preset: str) -> Any:
+    """The composed config of an experiment preset (Hydra's compose API)."""
+    names = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+    if preset not in names:
         raise SystemExit(f"error: unknown preset {preset!r}: choose one of {names}")
-    exp = OmegaConf.load(path)
-    over = {
-        d.split(":")[0].split("/")[-1].strip(): d.split(":")[1].strip()
-        for d in (exp.get("defaults") or [])
-        if isinstance(d, str)
-    }
-    for d in exp.get("defaults") or []:
-        if not isinstance(d, str):
-            for k, v in d.items():
-                over[k.split("/")[-1].strip()] = v
-    model = OmegaConf.load(CONFIGS / "model" / f"{over.get('model', 'tiny')}.yaml")
-    regime = OmegaConf.load(CONFIGS / "regime" / f"{over.get('regime', 'cpu')}.yaml")
-    return exp, model, regime
+    return compose([f"experiment={preset}", "run_dir=."])
 
 
 def plan(preset: str, fractions: list[float]) -> dict:
     from models.presets import get_preset
 
-    exp, model, regime = preset_cfg(preset)
-    p = get_preset(model.preset)
-    tpp = float(exp.get("train", {}).get("tokens_per_param", 20))
-    tokens = tpp * p.non_embedding_params()
-    per_step = regime.global_batch * regime.seq_len
+    cfg = preset_cfg(preset)
+    p = get_preset(cfg.model.preset)
+    tokens = cfg.train.tokens_per_param * p.non_embedding_params(cfg.model.qk_norm)
+    per_step = cfg.regime.global_batch * cfg.regime.seq_len
     steps = round(tokens / per_step)
     flops = 6 * p.total_params() * tokens
     hours = flops / (PEAK * MFU) / 3600
     return {
         "preset": preset,
-        "model": model.preset,
-        "regime": regime.name,
+        "model": cfg.model.preset,
+        "regime": cfg.regime.name,
         "non_embedding_params": p.non_embedding_params(),
         "tokens": tokens,
         "tokens_per_step": per_step,
@@ -96,11 +84,8 @@ def train_cmd(
 
 def _final_loss(cmd: list[str]) -> float | None:
     run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))
-    s = run_dir / "summary.json"
-    if not s.exists():
-        return None
-    d = json.loads(s.read_text())
-    return d["final_eval_loss"] if d.get("status") == "completed" else None
+    rec = RunRecord.read(run_dir)
+    return rec.final_eval_loss if rec is not None and rec.completed else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,17 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.dry_run else subprocess.call(cmd)
     best: dict[str, float] = {}
     for opt in args.optimizers:
-        scores: dict[float, list[float]] = {}
+        results: list[tuple[float, float | None]] = []
         for lr in args.lrs:
             for seed in args.seeds:
                 cmd = train_cmd(args.preset, opt, lr, 1.0, seed, args.gpus, out)
                 print("+", shlex.join(cmd), flush=True)
                 if not args.dry_run:
                     subprocess.call(cmd)
-                    loss = _final_loss(cmd)
-                    scores.setdefault(lr, []).append(loss if loss is not None else float("inf"))
-        if scores:
-            best[opt] = min(scores, key=lambda lr: sum(scores[lr]) / len(scores[lr]))
+                    results.append((lr, _final_loss(cmd)))
+        found = best_lr(results)
+        if found is not None:
+            best[opt] = found[0]
     for opt in args.optimizers:
         lr = best.get(opt, args.lrs[len(args.lrs) // 2])
         for frac in args.fractions:

@@ -94,6 +94,7 @@ def MuonAdamW(
     ns_steps: int = 5,
     adjust_lr_fn: str | None = "match_rms_adamw",
     decay_embeddings: bool = False,
+    distributed: str = "auto",
 ) -> ChainedOptimizer:
     """``torch.optim.Muon`` on hidden 2-D matrices, AdamW on everything else.
 

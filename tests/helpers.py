@@ -26,17 +26,13 @@ FAST = [
 
 
 def compose(overrides: list[str], cache_dir: Path):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
+    from scripts.config import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hcompose(
-            config_name="train", overrides=[*FAST, f"cache_dir={cache_dir}", *overrides]
-        )
+    return compose_config([*FAST, f"cache_dir={cache_dir}", *overrides])
 
 
 def run_inprocess(overrides: list[str], cache_dir: Path) -> int:
-    from scripts.train import run_training
+    from scripts.trainer import run_training
 
     return run_training(compose(overrides, cache_dir))
 
@@ -100,3 +96,27 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def checkpoint(run_dir: Path) -> dict:
+    """The latest checkpoint of a run as one plain dict (DCP's own converter), with the
+    trainer state unpickled: ``{"model": {...}, "optimizer": {...}, "trainer": {...}}``."""
+    import io
+    import pickle
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from scripts.trainer.state import latest
+
+    path = latest(Path(run_dir))
+    assert path is not None, f"no checkpoint in {run_dir}"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ck.pt"
+        dcp_to_torch_save(str(path), str(out))
+        ck = torch.load(out, weights_only=False)
+    for k, v in list(ck.items()):
+        if isinstance(v, io.BytesIO):
+            ck[k] = pickle.loads(v.getvalue())
+    return ck

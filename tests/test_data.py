@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from data.config import DataConfig
 from data.loader import PackedSequences, TrainLoader, validation_batches
 from data.prepare import _dtype_for, prepare, verify
 from data.sources import DataError, embedded_documents, iter_documents
 
-EMB = {"source": "embedded", "val_fraction": 0.05, "tokenizer": {"kind": "bpe", "vocab_size": 4096}}
+EMB = DataConfig()  # embedded, 5% validation, BPE 4096
+
+
+def D(**kw) -> DataConfig:
+    return DataConfig.from_dict(kw)
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +106,17 @@ def _local_corpus(tmp_path):
 
 def test_local_sources_all_formats(tmp_path, cache_dir):
     docs = _local_corpus(tmp_path)
-    cfg = {"source": "local", "paths": [str(tmp_path)], "val_fraction": 0.1}
+    cfg = D(source="local", paths=[str(tmp_path)], val_fraction=0.1)
     got = list(iter_documents(cfg, "train")) + list(iter_documents(cfg, "validation"))
     assert sorted(got) == sorted(docs)
-    glob_cfg = {"source": "local", "paths": [str(tmp_path / "*.jsonl*")]}
+    glob_cfg = D(source="local", paths=[str(tmp_path / "*.jsonl*")])
     assert (
         len(list(iter_documents(glob_cfg, "train")))
         + len(list(iter_documents(glob_cfg, "validation")))
         == 99
     )
-    prep = prepare(
-        {**cfg, "tokenizer": {"kind": "bpe", "vocab_size": 300}}, 16, cache_dir, progress=False
-    )
+    cfg.tokenizer.vocab_size = 300
+    prep = prepare(cfg, 16, cache_dir, progress=False)
     assert prep.manifest["splits"]["train"]["sequences"] > 0
 
 
@@ -123,27 +127,24 @@ def test_local_sources_all_formats(tmp_path, cache_dir):
         ({"source": "local", "paths": ["/nonexistent/*.jsonl"]}, "matches no file"),
         ({"source": "local"}, "needs data.paths"),
         ({"source": "nope"}, "unknown data source"),
+        ({"sauce": "local"}, "unknown data option"),
     ],
 )
 def test_bad_sources(cfg, match):
     with pytest.raises(DataError, match=match):
-        list(iter_documents(cfg, "train"))
+        list(iter_documents(D(**cfg), "train"))
 
 
 def test_missing_text_field_and_empty_corpus(tmp_path, cache_dir):
     (tmp_path / "x.jsonl").write_text(json.dumps({"body": "hello"}) + "\n")
     with pytest.raises(DataError, match="no field 'text'"):
-        list(iter_documents({"source": "local", "paths": [str(tmp_path / "x.jsonl")]}, "train"))
+        list(iter_documents(D(source="local", paths=[str(tmp_path / "x.jsonl")]), "train"))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "e.txt").write_text("   ")
     with pytest.raises(DataError):
         prepare(
-            {
-                "source": "local",
-                "paths": [str(empty)],
-                "tokenizer": {"kind": "bpe", "vocab_size": 300},
-            },
+            D(source="local", paths=[str(empty)], tokenizer={"kind": "bpe", "vocab_size": 300}),
             16,
             cache_dir,
             progress=False,
@@ -160,12 +161,12 @@ def test_hub_source_offline_gives_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="Hugging Face hub"):
-        next(iter(iter_documents({"source": "c4"}, "train")))
+        next(iter(iter_documents(D(source="c4"), "train")))
 
 
 def test_pretrained_tokenizer_offline_gives_clear_error(cache_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = {**EMB, "tokenizer": {"kind": "pretrained", "name": "definitely-not-cached/tokenizer"}}
+    cfg = D(tokenizer={"kind": "pretrained", "name": "definitely-not-cached/tokenizer"})
     with pytest.raises(DataError, match="cannot load tokenizer"):
         prepare(cfg, 64, cache_dir / "other", progress=False)
 

@@ -55,7 +55,7 @@ def test_ctrl_c_stops_the_whole_demo_and_restores_handlers(tmp_path, cache_dir, 
     import os
     import signal
 
-    import scripts.train as T
+    import scripts.trainer.loop as T
     from scripts.demo import main
 
     real_step, calls = T.train_step, []

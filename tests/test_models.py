@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import PRESETS, build_model, count_parameters
-from scripts.train import lm_loss
+from models.loss import lm_loss_from_logits as lm_loss
 
 
 @pytest.mark.parametrize("name", ["210m", "360m", "660m"])

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import yaml
 
-from scripts.report import (
-    analyse,
-    crossing,
-    fit_power_law,
-    load_runs,
-    main,
-    steps_for,
-    write_report,
-)
+from scripts.report import analyse, crossing, fit_power_law, load_runs, write_report
+from scripts.report.__main__ import main
+
+
+def _comparison(runs, target=None):
+    (c,) = analyse(runs, target).comparisons
+    return c
+
 
 # Exact power laws L(N) = a + b N^-beta for each optimizer's final loss vs run length.
 LAWS = {"adamw": (2.0, 20.0, 0.5), "soap": (2.0, 12.0, 0.5), "shampoo": (2.0, 16.0, 0.5)}
@@ -105,34 +104,33 @@ def power_law_runs(root, bad_lr_penalty=0.3):
 
 def test_exact_power_laws_give_hand_computed_savings(tmp_path):
     power_law_runs(tmp_path)
-    a = analyse(load_runs(tmp_path), target=None)
+    c = _comparison(load_runs(tmp_path))
     target = _law("adamw", FULL)
-    assert a["target"] == pytest.approx(target)
-    rows = {r["optimizer"]: r for r in a["rows"]}
+    assert c.target == pytest.approx(target)
+    rows = {r.optimizer: r for r in c.rows}
     for opt, (la, lb, lbeta) in LAWS.items():
         r = rows[opt]
-        assert r["best_lr"] == 3e-3
-        f = r["fit"]
+        assert r.best_lr == 3e-3
+        f = r.fit
         assert (
-            f["ok"]
-            and f["a"] == pytest.approx(la, abs=1e-3)
-            and f["beta"] == pytest.approx(lbeta, abs=1e-3)
+            f.ok and f.a == pytest.approx(la, abs=1e-3) and f.beta == pytest.approx(lbeta, abs=1e-3)
         )
         expected_n = (lb / (target - la)) ** (1 / lbeta)  # hand: N = (b / (target - a))^(1/beta)
-        assert r["fit_steps"] == pytest.approx(expected_n, rel=1e-3)
-        assert r["fit_seconds"] == pytest.approx(expected_n * SECONDS_PER_STEP[opt], rel=1e-3)
+        assert r.fit_steps == pytest.approx(expected_n, rel=1e-3)
+        assert r.fit_seconds == pytest.approx(expected_n * SECONDS_PER_STEP[opt], rel=1e-3)
     # AdamW needs 400; SOAP needs 400 * (12/20)^2 = 144 -> saves 64%; Shampoo 400*(16/20)^2 = 256.
-    assert rows["soap"]["fit_steps_saved_vs_adamw"] == pytest.approx(1 - 144 / 400, abs=1e-3)
-    assert rows["soap"]["fit_steps_saved_vs_shampoo"] == pytest.approx(1 - 144 / 256, abs=1e-3)
-    assert rows["soap"]["fit_seconds_saved_vs_adamw"] == pytest.approx(
+    soap = rows["soap"]
+    assert soap.savings["fit_steps_vs_adamw"].value == pytest.approx(1 - 144 / 400, abs=1e-3)
+    assert soap.savings["fit_steps_vs_shampoo"].value == pytest.approx(1 - 144 / 256, abs=1e-3)
+    assert soap.savings["fit_seconds_vs_adamw"].value == pytest.approx(
         1 - 144 * 1.2 / 400, abs=1e-3
     )
-    assert rows["soap"]["state_ratio_vs_adamw"] == pytest.approx(1.8)
+    assert soap.cost["state_ratio_vs_adamw"] == pytest.approx(1.8)
     # Crossing from the eval history: SOAP's law hits the target between evals at 100 and 150.
-    assert rows["soap"]["cross_steps"] == pytest.approx(
+    assert soap.cross_steps.mean == pytest.approx(
         100 + 50 * (_law("soap", 100) - target) / (_law("soap", 100) - _law("soap", 150))
     )
-    assert rows["adamw"]["cross_steps"] == pytest.approx(FULL)
+    assert rows["adamw"].cross_steps.mean == pytest.approx(FULL)
 
 
 def test_crossing_between_two_evals_and_never():
@@ -147,10 +145,10 @@ def test_crossing_between_two_evals_and_never():
 
 def test_fit_needs_three_points_and_unreachable_target():
     f = fit_power_law([100, 200], [3.0, 2.8])
-    assert not f["ok"] and "too few points" in f["reason"]
+    assert not f.ok and "too few run lengths" in f.reason
     n = np.array([100, 200, 400, 800])
     f = fit_power_law(n.tolist(), (2.5 + 10 * n**-0.5).tolist())
-    assert f["ok"] and steps_for(f, 2.4) == float("inf")
+    assert f.ok and f.steps_for(2.4) == float("inf")
 
 
 def test_diverged_crashed_and_missing_optimizers(tmp_path):
@@ -171,27 +169,27 @@ def test_diverged_crashed_and_missing_optimizers(tmp_path):
     runs = load_runs(tmp_path)
     # A run with a config but no summary (killed before writing one) is "crashed", under the
     # optimizer its config names.
-    assert {r["optimizer"]: r["status"] for r in runs} == {
+    assert {r.optimizer: r.status for r in runs} == {
         "adamw": "completed",
         "soap": "diverged",
         "shampoo": "crashed",
     }
-    a = analyse(runs, target=None)
-    rows = {r["optimizer"]: r for r in a["rows"]}
-    assert rows["soap"]["cross_steps"] == float("inf")  # counted, as not reached
-    assert rows["soap"]["final_eval_loss"] == float("inf")
-    assert "too few points" in rows["adamw"]["fit"]["reason"]  # a single-point group
+    c = _comparison(runs)
+    rows = {r.optimizer: r for r in c.rows}
+    assert rows["soap"].cross_steps.mean == float("inf")  # counted, as not reached
+    assert rows["soap"].final_eval_loss.mean == float("inf")
+    assert "too few run lengths" in rows["adamw"].fit.reason  # a single-point group
     res = write_report(tmp_path, command="test")
-    md = (res["out"] / "report.md").read_text()
+    md = (res.out / "report.md").read_text()
     assert "not reached" in md and "diverged" in md and "crashed" in md
 
 
 def test_missing_baseline_is_reported(tmp_path):
     make_run(tmp_path, "soap", 3e-3, 1.0, [{"step": 10, "eval_loss": 3.0, "train_seconds": 1.0}])
-    a = analyse(load_runs(tmp_path), target=None)
-    assert a["target"] is None and any("--target" in n for n in a["notes"])
-    a = analyse(load_runs(tmp_path), target=3.5)
-    assert a["rows"][0]["cross_steps"] == 10
+    c = _comparison(load_runs(tmp_path))
+    assert c.target is None and any("--target" in n for n in c.notes)
+    c = _comparison(load_runs(tmp_path), target=3.5)
+    assert c.rows[0].cross_steps.mean == 10
 
 
 def test_outputs_and_cli(tmp_path, capsys):
@@ -217,6 +215,7 @@ def test_outputs_and_cli(tmp_path, capsys):
     out = tmp_path / "report"
     printed = capsys.readouterr().out
     assert "| soap |" in printed and "dashboard" in printed
+    assert "soap (lr 0.003) reached adamw's final loss" in printed
     for f in (
         "report.md",
         "summary.csv",
@@ -234,6 +233,8 @@ def test_outputs_and_cli(tmp_path, capsys):
     assert len(df) == len(load_runs(tmp_path))
     md = (out / "report.md").read_text()
     assert "python -m scripts.report" in md and "| optimizer | best lr |" in md
+    header = next(ln for ln in printed.splitlines() if ln.startswith("| optimizer"))
+    assert len(header.strip("|").split("|")) <= 8  # the compact headline
     assert main([str(tmp_path / "nope")]) == 2
 
 
@@ -251,7 +252,7 @@ def _chromium():
 def test_dashboard_renders_in_headless_browser(tmp_path):
     power_law_runs(tmp_path)
     res = write_report(tmp_path, command="test")
-    url = res["dashboard"].resolve().as_uri()
+    url = res.dashboard.resolve().as_uri()
     flags = [
         "--headless",
         "--no-sandbox",
@@ -270,11 +271,11 @@ def test_dashboard_renders_in_headless_browser(tmp_path):
         [_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
     )
     dom = r.stdout
-    n_images = dom.count("<img")
-    assert n_images >= 4
+    n_plots = dom.count('class="plot"')
+    assert n_plots >= 4
     assert 'data-rendered="ok"' in dom, dom[:500]
-    assert f'data-images="{n_images}/{n_images}"' in dom
-    assert "<table>" in dom and "soap" in dom
+    assert f'data-plots="{n_plots}/{n_plots}"' in dom  # plotly drew every figure, offline
+    assert "<table>" in dom and "soap" in dom and "legendtoggle" in dom
     console_errors = [
         ln
         for ln in r.stderr.splitlines()
@@ -290,25 +291,33 @@ def test_dashboard_renders_in_headless_browser(tmp_path):
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
-def test_several_seeds_give_an_uncertainty(tmp_path):
-    for seed, shift in ((0, 0.0), (1, 0.05), (2, -0.05)):
+def test_several_seeds_give_an_uncertainty_and_significance(tmp_path):
+    for seed, shift in ((0, 0.0), (1, 0.02), (2, -0.02)):
         for opt in ("adamw", "soap"):
             hist = [
                 {"step": s, "eval_loss": _law(opt, s) + shift, "train_seconds": float(s)}
-                for s in range(50, FULL + 1, 50)
+                for s in range(50, FULL + 1, 10)
             ]
             make_run(tmp_path, opt, 3e-3, 1.0, hist, seed=seed)
-    a = analyse(load_runs(tmp_path), target=3.1)
-    soap = next(r for r in a["rows"] if r["optimizer"] == "soap")
-    assert soap["n_seeds"] == 3 and soap["cross_steps_std"] > 0
-    from scripts.report import headline_table
+    c = _comparison(load_runs(tmp_path), target=3.1)
+    soap, adamw = c.row("soap"), c.row("adamw")
+    assert soap.cross_steps.n == 3 and soap.cross_steps.spread > 0
+    saving = soap.savings["cross_steps_vs_adamw"]
+    assert saving.value > 0.3 and saving.significant is True
+    from scripts.report import tables
 
-    assert "± " in headline_table(a) and "(3 seeds)" in headline_table(a)
+    assert "± " in tables.headline(c).markdown() and " *" in tables.headline(c).markdown()
+    assert "(significant)" in " ".join(tables.verdicts(c))
+    # Overlapping intervals are not significant.
+    close = [a * 1.001 for a in adamw.cross_steps.values]
+    from scripts.report.analysis import Interval
+
+    assert Interval(close).separated_from(adamw.cross_steps) is False
 
 
 def test_losses_that_no_power_law_fits_are_flagged_not_extrapolated():
     # Longer runs improving faster than shorter ones (seen at tiny scale): the fit pins a
-    # parameter at its bound and must be reported as unreliable.
+    # parameter at its bound and must be reported as such.
     f = fit_power_law([100, 150, 200], [6.247, 5.923, 5.236])
-    assert not f["ok"] and "unreliable fit" in f["reason"]
-    assert steps_for(f, 5.3) == float("inf")
+    assert not f.ok and "no valid fit" in f.reason
+    assert f.steps_for(5.3) == float("inf")

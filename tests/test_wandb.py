@@ -31,5 +31,5 @@ def test_report_uploads_to_wandb_offline(tmp_path, offline):
 
     power_law_runs(tmp_path)
     res = write_report(tmp_path, command="test", wandb_upload=True)
-    runs = list((res["out"] / "wandb").glob("offline-run-*"))
+    runs = list((res.out / "wandb").glob("offline-run-*"))
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())

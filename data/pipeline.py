@@ -1,0 +1,83 @@
+"""The data a run trains and evaluates on, built once per process: the training loader and
+the fixed validation set, for every rank, in either mode."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DataConfig
+from .loader import PackedSequences, TrainLoader, validation_batches
+from .prepare import Prepared, load_prepared, prepare, prepared_root
+from .sources import DataError
+
+
+@dataclass
+class Data:
+    loader: Any  # TrainLoader: next() -> micro-batches; state_dict(); per_rank_state
+    validation: list[torch.Tensor]  # this rank's part of the fixed validation set
+    vocab_size: int
+    info: dict[str, Any]  # for env.json: where the data is and what it is
+
+
+def prepare_shared(
+    cfg: DataConfig,
+    seq_len: int,
+    cache_dir: str | Path,
+    is_main: bool,
+    progress: bool,
+    train_tokens: int | None = None,
+    poll_seconds: float = 2.0,
+) -> Prepared:
+    """Rank 0 prepares (or reuses) the shards; the other ranks wait for its manifest file,
+    saying what they wait for, instead of sitting in a collective whose timeout a long
+    tokenization would exceed. A hub corpus is prepared up to ``train_tokens`` (what the run
+    consumes) unless ``data.max_tokens`` says otherwise; a local or embedded one in full."""
+    if cfg.max_tokens is None and cfg.source in ("hf", "c4") and train_tokens:
+        cfg = dataclasses.replace(cfg, max_tokens=int(train_tokens))
+    if is_main:
+        return prepare(cfg, seq_len, cache_dir, progress=progress)
+    root = prepared_root(cfg, seq_len, cache_dir)
+    said = False
+    while True:
+        found = load_prepared(root, full_verify=False)
+        if found is not None:
+            return found
+        if not said:
+            print(f"waiting for rank 0 to prepare the data in {root}", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(poll_seconds)
+
+
+def build_data(
+    cfg: DataConfig,
+    *,
+    seq_len: int,
+    cache_dir: str | Path,
+    train_tokens: int,
+    micro_batch: int,
+    grad_accum: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    eval_sequences: int,
+    eval_batch_size: int,
+    progress: bool,
+) -> Data:
+    if cfg.mode != "prepared":
+        raise DataError(f"data.mode={cfg.mode!r} is not available: use data.mode=prepared")
+    prep = prepare_shared(cfg, seq_len, cache_dir, rank == 0, progress, train_tokens)
+    loader = TrainLoader(
+        PackedSequences(prep, "train"), micro_batch, grad_accum, world_size, rank, seed
+    )
+    val = validation_batches(
+        PackedSequences(prep, "validation"), eval_sequences, eval_batch_size, world_size, rank
+    )
+    manifest = {k: v for k, v in prep.manifest.items() if k != "splits"}
+    return Data(loader, val, prep.vocab_size, {"root": str(prep.root), "manifest": manifest})

@@ -1,0 +1,201 @@
+"""Typed configuration: the schema of every config group, registered in Hydra's ConfigStore.
+
+``configs/**/*.yaml`` stay the user-facing presets; each group is validated against a
+dataclass here (data and model schemas live with their code: :class:`data.config.DataConfig`,
+:class:`models.ModelConfig`), so a misspelt key or a wrong type fails at composition, and
+every script gets its config through Hydra (``hydra.main`` for the trainer, the compose API
+everywhere else: :func:`compose`). Defaults live here (or in those two classes), once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from data.config import DataConfig
+from models import ModelConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class RegimeConfig:
+    name: str = "cpu"
+    seq_len: int = 128
+    global_batch: int = 16  # sequences per optimizer step = micro_batch x grad_accum x world
+    micro_batch: int = 16
+    precondition_frequency: int = 10
+    max_precond_dim: int = 1024  # larger (vocabulary) dimensions use the identity
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int | None = None  # iterations; None: from the token budget
+    tokens_per_param: float = 20.0  # budget = tokens_per_param x non-embedding parameters
+    fraction: float = 1.0  # shortens the run AND its whole schedule (paper: 0.5 ... 1.0)
+    eval_every: int = 50
+    eval_sequences: int = 256  # the fixed validation set (first N validation sequences)
+    eval_batch_size: int = 32
+    target_loss: float | None = None  # eval loss to reach
+    stop_at_target: bool = False
+    checkpoint_every: int = 200
+    clock_skip_steps: int = 2  # first steps (compile / warm-up) timed as warm-up
+    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
+    z_loss: float = 1.0e-4  # OLMo z-loss coefficient (paper setup); 0 disables
+    loss_chunk_tokens: int | None = None  # tokens per chunk of the loss; None: ~128 MB logits
+    max_bad_steps: int = 0  # non-finite losses/gradients tolerated (skipped) before stopping
+    compile: str = "auto"  # auto: compile the decoder layers on CUDA; true | false
+    fsdp: bool = False  # FSDP2 parameter sharding (DDP otherwise)
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; no | bf16
+    log_every: int = 1  # metrics lines (and non-TTY progress lines) every N iterations
+    progress: bool = True
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_fraction: float = 0.1  # linear warmup over this fraction of the run
+    final_lr_fraction: float = 0.1  # cosine decays to this fraction of the peak LR
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # disabled | offline | online
+    project: str = "soap-bench"
+    entity: str | None = None
+
+
+# ---- optimizers: constructor calls (`_target_` + `_partial_`), one schema each ------------
+@dataclass
+class _Call:
+    _target_: str = MISSING
+    _partial_: bool = True
+    _convert_: str = "all"
+
+
+@dataclass
+class AdamWConfig(_Call):
+    _target_: str = "torch.optim.AdamW"
+    lr: float = 3.0e-3
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
+    eps: float = 1.0e-8
+    weight_decay: float = 0.01
+
+
+@dataclass
+class SOAPConfig(_Call):
+    _target_: str = "soap.SOAP"
+    lr: float = 3.0e-3
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
+    shampoo_beta: float = -1.0
+    eps: float = 1.0e-8
+    weight_decay: float = 0.01
+    precondition_frequency: int = 10
+    max_precond_dim: int = 10000
+    merge_dims: bool = False
+    precondition_1d: bool = False
+    normalize_grads: bool = False
+    correct_bias: bool = True
+    one_sided: bool = False
+    factorized: bool = False
+    nonfinite_grad: str = "skip"
+    distributed: str = "auto"
+
+
+@dataclass
+class ShampooConfig(_Call):
+    _target_: str = "soap.Shampoo"
+    lr: float = 3.0e-3
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
+    epsilon: float = 1.0e-12
+    weight_decay: float = 0.01
+    precondition_frequency: int = 10
+    start_preconditioning_step: int | None = None
+    root: float = 2.5
+    max_preconditioner_dim: int = 10000
+    precondition_1d: bool = True
+    graft_eps: float = 1.0e-8
+    nonfinite_grad: str = "skip"
+    distributed: str = "auto"
+
+
+@dataclass
+class MuonConfig(_Call):
+    _target_: str = "soap.MuonAdamW"
+    lr: float = 3.0e-3
+    adamw_lr: float = 3.0e-3
+    adamw_betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
+    weight_decay: float = 0.01
+    momentum: float = 0.95
+    adjust_lr_fn: str | None = "match_rms_adamw"
+    distributed: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    """The root: what ``configs/train.yaml`` composes."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: Any = MISSING  # one of the schemas above, or any `_target_` call
+    optimizer_name: str = MISSING
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    experiment_name: str = "default"
+    seed: int = 0
+    run_dir: str = MISSING
+    resume: str = "auto"  # auto: continue the latest checkpoint; never: refuse an existing run
+    cache_dir: str = ".cache/soap-bench"
+
+
+def register() -> None:
+    """Put the schemas where ``configs/`` refers to them (idempotent)."""
+    cs = ConfigStore.instance()
+    # The root types model/regime/data/train/schedule/wandb; each optimizer file names its own.
+    cs.store(name="run_schema", node=RunConfig)
+    for name, node in (
+        ("adamw", AdamWConfig),
+        ("soap", SOAPConfig),
+        ("shampoo", ShampooConfig),
+        ("muon", MuonConfig),
+    ):
+        cs.store(group="schema/optimizer", name=name, node=node)
+
+
+register()
+
+
+def error_line(e: BaseException) -> str:
+    """One line from Hydra/OmegaConf's multi-line errors: what failed and why."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    head = lines[0] if lines else type(e).__name__
+    detail = ""
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        detail = str(cause).strip().splitlines()[0]
+    elif len(lines) > 1 and "raised while composing" in head:
+        head, detail = head.split(":")[0], lines[1]
+    msg = f"{head}: {detail}" if detail and detail not in head else head
+    text = str(e)
+    if "Available options in" in text:  # an unknown preset: say which exist
+        opts = text.split("Available options in", 1)[1].split("Config search path")[0]
+        msg += f"; available: {', '.join(opts.split()[1:])}"
+    return f"{msg} (fix the override or the config file)"
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train") -> Any:
+    """The config the trainer would see for these command-line overrides (no ``hydra:``
+    resolver: pass ``run_dir=`` when it matters)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))

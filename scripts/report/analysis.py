@@ -1,0 +1,311 @@
+"""The measures and the comparison, as typed results (no formatting here).
+
+Two measures (terms as in :mod:`scripts.clock`):
+
+1. Crossing (:func:`scripts.measures.crossing`): the first iteration / training second at
+   which a run's eval loss <= target, interpolated between evaluations. Over seeds: mean
+   +- sample standard deviation; a saving is *significant* when the two intervals
+   ``mean +- std`` do not overlap (needs >= 2 seeds on both sides).
+2. The paper's method (Vyas et al. 2024, Sec. 6): the final losses of runs at several schedule
+   fractions are fitted with ``L(N) = a + b N^(-beta)``; the iterations needed are the ``N``
+   where the fit reaches the target, the wall-clock needed is that ``N`` times the measured
+   seconds per step. A fit pinned at a parameter bound does not describe the data and is
+   reported as such, never extrapolated.
+
+Each optimizer is compared at its best learning rate (:func:`scripts.measures.best_lr` over
+full-length runs). The default target is the baseline's (AdamW's) final eval loss at full
+length, as in the paper. Crashed, diverged and never-reaching runs count as "not reached"
+(infinite), never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scripts.measures import INF, best_lr, crossing
+from scripts.report.load import Run
+
+BETA_MIN, BETA_MAX = 1e-3, 5.0
+
+
+@dataclass
+class Fit:
+    ok: bool
+    points: list[tuple[float, float]]
+    reason: str | None = None
+    a: float | None = None
+    b: float | None = None
+    beta: float | None = None
+    residuals: list[float] = field(default_factory=list)
+    rmse: float | None = None
+
+    def steps_for(self, target: float) -> float:
+        """N with ``a + b N^-beta = target`` (inf when the asymptote is at or above it)."""
+        if not self.ok or target <= self.a:
+            return INF
+        return float((self.b / (target - self.a)) ** (1.0 / self.beta))
+
+
+def power_law(n: np.ndarray, a: float, b: float, beta: float) -> np.ndarray:
+    return a + b * np.power(n, -beta)
+
+
+def fit_power_law(steps: list[float], losses: list[float | None]) -> Fit:
+    """Least-squares fit of ``L(N) = a + b N^-beta``; needs at least 3 distinct N."""
+    pts = sorted(
+        {
+            (float(n), float(x))
+            for n, x in zip(steps, losses, strict=True)
+            if x is not None and math.isfinite(x)
+        }
+    )
+    if len({n for n, _ in pts}) < 3:
+        return Fit(
+            False, pts, f"too few run lengths for a fit ({len({n for n, _ in pts})}; need 3)"
+        )
+    from scipy.optimize import curve_fit
+
+    n = np.array([p[0] for p in pts])
+    loss = np.array([p[1] for p in pts])
+    p0 = (max(0.0, loss.min() - 0.5), (loss.max() - loss.min() + 0.5) * n.min() ** 0.5, 0.5)
+    # A cross-entropy asymptote is >= 0; beta in [BETA_MIN, BETA_MAX].
+    lower, upper = [0.0, 0.0, BETA_MIN], [np.inf, np.inf, BETA_MAX]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's covariance warning for exact fits
+            (a, b, beta), _ = curve_fit(
+                power_law, n, loss, p0=p0, bounds=(lower, upper), maxfev=20000
+            )
+    except (RuntimeError, ValueError) as e:
+        return Fit(False, pts, f"fit failed: {e}")
+    resid = (loss - power_law(n, a, b, beta)).tolist()
+    rmse = float(np.sqrt(np.mean(np.square(resid))))
+    at_bound = [
+        name
+        for name, v, lo, hi in (("a", a, 0.0, None), ("beta", beta, BETA_MIN, BETA_MAX))
+        if abs(v - lo) <= 1e-6 * max(1.0, abs(lo)) or (hi is not None and abs(v - hi) <= 1e-6 * hi)
+    ]
+    if at_bound:
+        return Fit(
+            False,
+            pts,
+            f"no valid fit ({', '.join(at_bound)} at its bound: these losses do not follow "
+            "a + b N^-beta)",
+            float(a),
+            float(b),
+            float(beta),
+            resid,
+            rmse,
+        )
+    return Fit(True, pts, None, float(a), float(b), float(beta), resid, rmse)
+
+
+@dataclass
+class Interval:
+    """A measure over seeds: mean +- sample standard deviation."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        if not self.values or any(not math.isfinite(v) for v in self.values):
+            return INF
+        return statistics.fmean(self.values)
+
+    @property
+    def spread(self) -> float | None:
+        if self.n < 2 or not math.isfinite(self.mean):
+            return None
+        return statistics.stdev(self.values)
+
+    def separated_from(self, other: Interval) -> bool | None:
+        """Whether ``mean +- spread`` of the two do not overlap (None: too few seeds, or a
+        side that never reached the target)."""
+        if self.spread is None or other.spread is None:
+            return None
+        lo, hi = sorted((self, other), key=lambda i: i.mean)
+        return lo.mean + lo.spread < hi.mean - hi.spread
+
+
+@dataclass
+class Saving:
+    """``1 - mine / baseline`` (positive: fewer iterations or seconds than the baseline)."""
+
+    value: float | None
+    significant: bool | None = None
+
+
+def _saving(mine: float | None, base: float | None) -> float | None:
+    if mine is None or base is None or not (math.isfinite(base) and base > 0):
+        return None
+    return 1.0 - mine / base if math.isfinite(mine) else -INF
+
+
+@dataclass
+class Row:
+    optimizer: str
+    best_lr: float | None = None
+    note: str | None = None
+    final_eval_loss: Interval | None = None
+    cross_steps: Interval | None = None
+    cross_seconds: Interval | None = None
+    fit: Fit | None = None
+    fit_steps: float | None = None
+    fit_seconds: float | None = None
+    cost: dict[str, float | None] = field(default_factory=dict)
+    savings: dict[str, Saving] = field(default_factory=dict)  # "<measure>_vs_<optimizer>"
+
+    @property
+    def compared(self) -> bool:
+        return self.best_lr is not None
+
+
+COST_KEYS = (
+    "seconds_per_step",
+    "fwd_bwd_seconds_per_step",
+    "optim_seconds_per_step",
+    "tokens_per_second",
+    "optimizer_state_bytes",
+    "optimizer_state_bytes_total",
+    "peak_memory_bytes",
+    "world_size",
+)
+
+
+@dataclass
+class Comparison:
+    """One (model, regime) group of runs."""
+
+    name: str
+    target: float | None
+    baseline: str
+    rows: list[Row]
+    sweep: dict[str, dict[float, float]]  # optimizer -> lr -> mean final loss (full length)
+    runs: list[Run]
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, optimizer: str) -> Row | None:
+        return next((r for r in self.rows if r.optimizer == optimizer), None)
+
+    def best_runs(self, optimizer: str) -> list[Run]:
+        r = self.row(optimizer)
+        if r is None or r.best_lr is None:
+            return []
+        return [
+            x
+            for x in self.runs
+            if x.optimizer == optimizer
+            and x.lr == r.best_lr
+            and x.fraction == 1.0
+            and main_frequency(x, self.runs)
+        ]
+
+
+@dataclass
+class Analysis:
+    comparisons: list[Comparison]
+
+
+def main_frequency(r: Run, runs: list[Run]) -> bool:
+    """Frequency-ablation runs (a non-default frequency) stay out of the headline."""
+    freqs = [
+        x.precondition_frequency
+        for x in runs
+        if x.optimizer == r.optimizer and x.precondition_frequency is not None
+    ]
+    if not freqs or r.precondition_frequency is None:
+        return True
+    return r.precondition_frequency == max(set(freqs), key=freqs.count)
+
+
+def _final(r: Run) -> float | None:
+    return r.final_eval_loss if r.completed else None
+
+
+def compare(
+    name: str, runs: list[Run], target: float | None, baseline: str = "adamw"
+) -> Comparison:
+    optimizers = sorted({r.optimizer for r in runs})
+    sweep, best = {}, {}
+    for opt in optimizers:
+        full = [
+            r for r in runs if r.optimizer == opt and r.fraction == 1.0 and main_frequency(r, runs)
+        ]
+        by_lr: dict[float, list[float]] = {}
+        for r in full:
+            f = _final(r)
+            by_lr.setdefault(r.lr, []).append(f if f is not None else INF)
+        sweep[opt] = {lr: statistics.fmean(v) for lr, v in sorted(by_lr.items())}
+        found = best_lr((r.lr, _final(r)) for r in full)
+        if found is not None:
+            best[opt] = found
+    notes = []
+    if target is None:
+        if baseline in best and math.isfinite(best[baseline][1]):
+            target = best[baseline][1]
+        else:
+            notes.append(f"baseline {baseline!r} has no completed full-length run: pass --target")
+    rows = []
+    for opt in optimizers:
+        if opt not in best:
+            rows.append(Row(opt, note="no full-length run"))
+            continue
+        lr = best[opt][0]
+        mine = [r for r in runs if r.optimizer == opt and r.lr == lr and main_frequency(r, runs)]
+        full = [r for r in mine if r.fraction == 1.0]
+        row = Row(opt, best_lr=lr)
+        row.final_eval_loss = Interval([f if (f := _final(r)) is not None else INF for r in full])
+        for k in COST_KEYS:
+            vals = [getattr(r, k) for r in mine if getattr(r, k) is not None]
+            row.cost[k] = statistics.fmean(vals) if vals else None
+        if target is not None:
+            hist = [[vars(e) for e in r.eval_history] if r.completed else [] for r in full]
+            cross = [crossing(h, target) for h in hist]
+            row.cross_steps = Interval([c[0] for c in cross])
+            row.cross_seconds = Interval([c[1] for c in cross])
+            done = [r for r in mine if r.completed]
+            row.fit = fit_power_law([r.steps for r in done], [r.final_eval_loss for r in done])
+            if row.fit.ok:
+                row.fit_steps = row.fit.steps_for(target)
+                sps = row.cost["seconds_per_step"]
+                row.fit_seconds = row.fit_steps * sps if sps is not None else None
+        rows.append(row)
+    _savings(rows, baseline)
+    return Comparison(name, target, baseline, rows, sweep, runs, notes)
+
+
+def _savings(rows: list[Row], baseline: str) -> None:
+    by = {r.optimizer: r for r in rows}
+    for r in rows:
+        for ref in (baseline, "shampoo"):
+            b = by.get(ref)
+            if b is None or ref == r.optimizer or not r.compared or not b.compared:
+                continue
+            for m in ("cross_steps", "cross_seconds"):
+                mine, base = getattr(r, m), getattr(b, m)
+                if mine is not None and base is not None:
+                    r.savings[f"{m}_vs_{ref}"] = Saving(
+                        _saving(mine.mean, base.mean), mine.separated_from(base)
+                    )
+            for m in ("fit_steps", "fit_seconds"):
+                r.savings[f"{m}_vs_{ref}"] = Saving(_saving(getattr(r, m), getattr(b, m)))
+            sm, sb = r.cost.get("optimizer_state_bytes"), b.cost.get("optimizer_state_bytes")
+            if sm and sb:
+                r.cost[f"state_ratio_vs_{ref}"] = sm / sb
+
+
+def analyse(runs: list[Run], target: float | None, baseline: str = "adamw") -> Analysis:
+    """One :class:`Comparison` per (model, regime) present, always the same shape."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(f"{r.model}/{r.regime}", []).append(r)
+    return Analysis([compare(k, v, target, baseline) for k, v in sorted(groups.items())])

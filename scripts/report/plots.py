@@ -1,0 +1,219 @@
+"""The report's figures, described once (:class:`Figure`) and drawn two ways: PNG with
+matplotlib (report.md, README) and interactive plotly (the dashboard: hover values, zoom,
+click a legend entry to hide an optimizer)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scripts.report.analysis import Comparison, power_law
+
+COLORS = {"adamw": "#1f77b4", "soap": "#d62728", "shampoo": "#2ca02c", "muon": "#9467bd"}
+
+
+def color(optimizer: str) -> str:
+    return COLORS.get(optimizer.split("-")[0], "#7f7f7f")
+
+
+@dataclass
+class Series:
+    name: str
+    x: list[float]
+    y: list[float]
+    color: str
+    mode: str = "lines+markers"  # lines+markers | markers | lines
+    group: str = ""  # legend group: one click toggles an optimizer's every series
+    faint: bool = False
+    show_legend: bool = True
+
+
+@dataclass
+class Figure:
+    key: str  # file stem
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series] = field(default_factory=list)
+    xlog: bool = False
+    hlines: list[tuple[float, str]] = field(default_factory=list)
+
+
+def figures(c: Comparison) -> list[Figure]:
+    out = []
+    for key, xkey, xlabel in (
+        ("loss_vs_iterations", "step", "iteration"),
+        ("loss_vs_wallclock", "train_seconds", "training wall-clock (s)"),
+    ):
+        f = Figure(key, f"Eval loss vs {xlabel} (best LR, every seed)", xlabel, "eval loss")
+        for r in c.rows:
+            for i, run in enumerate(c.best_runs(r.optimizer)):
+                h = run.eval_history
+                if h:
+                    f.series.append(
+                        Series(
+                            f"{r.optimizer} (lr {r.best_lr:g})"
+                            if i == 0
+                            else f"{r.optimizer} seed {run.seed}",
+                            [getattr(e, xkey) for e in h],
+                            [e.eval_loss for e in h],
+                            color(r.optimizer),
+                            group=r.optimizer,
+                            faint=i > 0,
+                            show_legend=i == 0,
+                        )
+                    )
+        if c.target is not None:
+            f.hlines.append((c.target, f"target {c.target:.3f}"))
+        out.append(f)
+    f = Figure(
+        "lr_sweep",
+        "Learning-rate sweep",
+        "learning rate",
+        "final eval loss (full length)",
+        xlog=True,
+    )
+    for opt, pts in c.sweep.items():
+        xs = list(pts)
+        f.series.append(
+            Series(
+                opt,
+                xs,
+                [pts[x] if math.isfinite(pts[x]) else math.nan for x in xs],
+                color(opt),
+                group=opt,
+            )
+        )
+    out.append(f)
+    f = Figure(
+        "fits",
+        "Final loss vs run length, L(N) = a + b N^-beta",
+        "run length N (iterations)",
+        "final eval loss",
+    )
+    for r in c.rows:
+        if r.fit is None or not r.fit.points:
+            continue
+        ns = [p[0] for p in r.fit.points]
+        f.series.append(
+            Series(
+                f"{r.optimizer} runs",
+                ns,
+                [p[1] for p in r.fit.points],
+                color(r.optimizer),
+                "markers",
+                r.optimizer,
+            )
+        )
+        if r.fit.ok:
+            grid = np.linspace(min(ns) * 0.8, max(ns) * 1.3, 60)
+            f.series.append(
+                Series(
+                    f"{r.optimizer} fit (a={r.fit.a:.2f}, beta={r.fit.beta:.2f})",
+                    grid.tolist(),
+                    power_law(grid, r.fit.a, r.fit.b, r.fit.beta).tolist(),
+                    color(r.optimizer),
+                    "lines",
+                    r.optimizer,
+                )
+            )
+    if c.target is not None:
+        f.hlines.append((c.target, "target"))
+    out.append(f)
+    freq = [
+        r
+        for r in c.runs
+        if r.optimizer in ("soap", "shampoo") and r.fraction == 1.0 and r.completed
+    ]
+    if len({r.precondition_frequency for r in freq}) > 1:
+        f = Figure(
+            "frequency_ablation",
+            "Preconditioning-frequency ablation",
+            "precondition frequency",
+            "final eval loss",
+            xlog=True,
+        )
+        for opt in ("soap", "shampoo"):
+            pts: dict[int, list[float]] = {}
+            for r in freq:
+                if r.optimizer == opt:
+                    pts.setdefault(r.precondition_frequency, []).append(r.final_eval_loss)
+            if pts:
+                xs = sorted(pts)
+                f.series.append(Series(opt, xs, [min(pts[x]) for x in xs], color(opt), group=opt))
+        b = c.row(c.baseline)
+        if b is not None and b.final_eval_loss is not None:
+            f.hlines.append((b.final_eval_loss.mean, c.baseline))
+        out.append(f)
+    return out
+
+
+def to_png(fig: Figure, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f, ax = plt.subplots(figsize=(6.4, 4.2))
+    for s in fig.series:
+        style = {"lines+markers": "-o", "markers": "o", "lines": "-"}[s.mode]
+        ax.plot(
+            s.x,
+            s.y,
+            style,
+            ms=3,
+            color=s.color,
+            alpha=0.45 if s.faint else 1.0,
+            label=s.name if s.show_legend else None,
+        )
+    for y, label in fig.hlines:
+        ax.axhline(y, ls="--", color="k", lw=1, label=label)
+    if fig.xlog:
+        ax.set_xscale("log")
+    ax.set_xlabel(fig.xlabel)
+    ax.set_ylabel(fig.ylabel)
+    ax.set_title(fig.title, fontsize=10)
+    if fig.series or fig.hlines:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    f.tight_layout()
+    f.savefig(path, dpi=110)
+    plt.close(f)
+    return path
+
+
+def to_plotly_div(fig: Figure, div_id: str) -> str:
+    """An interactive figure as an HTML ``<div>`` (the page includes plotly.js once)."""
+    import plotly.graph_objects as go
+
+    f = go.Figure()
+    for s in fig.series:
+        f.add_trace(
+            go.Scatter(
+                x=s.x,
+                y=s.y,
+                name=s.name,
+                mode=s.mode,
+                line={"color": s.color},
+                marker={"size": 6},
+                opacity=0.45 if s.faint else 1.0,
+                legendgroup=s.group or s.name,
+                showlegend=s.show_legend,
+                hovertemplate=f"{s.name}<br>{fig.xlabel}: %{{x:.4g}}<br>{fig.ylabel}: %{{y:.4f}}<extra></extra>",
+            )
+        )
+    for y, label in fig.hlines:
+        f.add_hline(y=y, line_dash="dash", line_color="black", annotation_text=label)
+    f.update_layout(
+        title=fig.title,
+        xaxis_title=fig.xlabel,
+        yaxis_title=fig.ylabel,
+        xaxis_type="log" if fig.xlog else "linear",
+        template="plotly_white",
+        height=420,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return f.to_html(full_html=False, include_plotlyjs=False, div_id=div_id)

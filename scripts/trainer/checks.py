@@ -1,0 +1,113 @@
+"""Config checks that can fail before anything is written, and the quantities derived from
+the config (batch arithmetic, run length, the learning-rate schedule). Types and unknown keys
+are Hydra's job (:mod:`scripts.config`); these are the checks a schema cannot express."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, with a one-line message naming the fix."""
+
+
+def _need(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} {what}: fix it on the command line or in the config")
+
+
+def validate(cfg: Any) -> None:
+    """The value checks (``ConfigError``), in the order a user would fix them."""
+    from models.presets import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise ConfigError(f"unknown model {cfg.model.preset!r}: use model=<{'|'.join(PRESETS)}>")
+    if "optimizer" not in cfg or "_target_" not in cfg.optimizer:
+        raise ConfigError("no optimizer configured: use optimizer=<adamw|soap|shampoo|muon>")
+    lr = cfg.optimizer.get("lr")
+    _need(
+        isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
+        "optimizer.lr",
+        lr,
+        "must be > 0",
+    )
+    t = cfg.train
+    _need(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be > 0")
+    _need(t.tokens_per_param > 0, "train.tokens_per_param", t.tokens_per_param, "must be > 0")
+    _need(0 < t.fraction <= 1, "train.fraction", t.fraction, "must be in (0, 1]")
+    for k in ("eval_every", "checkpoint_every", "eval_sequences", "eval_batch_size", "log_every"):
+        _need(t[k] > 0, f"train.{k}", t[k], "must be > 0")
+    _need(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0")
+    _need(t.z_loss >= 0, "train.z_loss", t.z_loss, "must be >= 0")
+    _need(
+        t.target_loss is None or math.isfinite(t.target_loss),
+        "train.target_loss",
+        t.target_loss,
+        "must be a finite number",
+    )
+    _need(
+        str(t.compile).lower() in ("auto", "true", "false"),
+        "train.compile",
+        t.compile,
+        "must be auto, true or false",
+    )
+    _need(
+        t.mixed_precision in ("auto", "no", "bf16"),
+        "train.mixed_precision",
+        t.mixed_precision,
+        "must be auto, no or bf16",
+    )
+    r = cfg.regime
+    for k in ("seq_len", "global_batch", "micro_batch", "precondition_frequency"):
+        _need(r[k] > 0, f"regime.{k}", r[k], "must be > 0")
+    _need(r.seq_len >= 2, "regime.seq_len", r.seq_len, "must be >= 2")
+    if cfg.resume not in ("auto", "never"):
+        raise ConfigError(f"resume={cfg.resume!r}: use resume=auto or resume=never")
+    if cfg.wandb.mode not in ("disabled", "offline", "online"):
+        raise ConfigError(f"wandb.mode={cfg.wandb.mode!r}: use disabled, offline or online")
+    if cfg.data.mode not in ("prepared", "stream"):
+        raise ConfigError(f"data.mode={cfg.data.mode!r}: use prepared or stream")
+
+
+def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    per_step = micro_batch * world_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"regime.global_batch={global_batch} is not divisible by micro_batch x world_size = "
+            f"{micro_batch} x {world_size}: change regime.micro_batch or the number of processes"
+        )
+    return global_batch // per_step
+
+
+def total_steps(cfg: Any, non_embedding_params: int) -> tuple[int, int]:
+    """``(full_length, this_run)`` in iterations; ``train.fraction`` shortens the run and its
+    whole schedule. The budget counts non-embedding parameters (the paper's sizes)."""
+    tokens_per_step = cfg.regime.global_batch * cfg.regime.seq_len
+    if cfg.train.max_steps is not None:
+        full = int(cfg.train.max_steps)
+    else:
+        full = max(1, round(cfg.train.tokens_per_param * non_embedding_params / tokens_per_step))
+    return full, max(1, round(full * cfg.train.fraction))
+
+
+def lr_lambda(total: int, warmup_fraction: float, final_fraction: float) -> Callable[[int], float]:
+    """Linear warmup then cosine decay to ``final_fraction`` of the peak, over ``total`` steps."""
+    warmup = max(1, round(warmup_fraction * total)) if warmup_fraction > 0 else 0
+
+    def f(step: int) -> float:  # step = number of optimizer steps already taken
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def compile_enabled(cfg: Any, device_type: str) -> bool:
+    """``train.compile``: auto compiles the decoder layers on CUDA (compile time is warm-up)."""
+    value = str(cfg.train.compile).lower()
+    return value == "true" or (value == "auto" and device_type == "cuda")

@@ -1,0 +1,147 @@
+"""Everything a run needs, built from the resolved config: the accelerator (DDP, or FSDP2), the
+data, the model with its loss, the optimizer (through :func:`soap.build_optimizer`, the factory
+users call), the schedule, the clock and the target tracker."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scripts.clock import TargetTracker, TrainClock
+from scripts.trainer.checks import compile_enabled, grad_accum_steps, lr_lambda, total_steps
+
+DECODER_LAYERS = ["Olmo2DecoderLayer", "LlamaDecoderLayer"]
+
+
+@dataclass
+class Run:
+    cfg: Any
+    run_dir: Path
+    accelerator: Any
+    model: Any  # as prepared by Accelerate (DDP / FSDP2 wrapped)
+    raw_model: Any  # models.loss.CausalLMWithLoss
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    val: list[torch.Tensor]
+    data_info: dict[str, Any]  # root, manifest (without per-shard lists), vocab_size
+    full_steps: int
+    steps: int
+    accum: int
+    params: dict[str, int]
+    clock: TrainClock
+    tracker: TargetTracker
+    step: int = 0
+    bad_steps: int = 0
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.regime.global_batch * self.cfg.regime.seq_len
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def accelerator(cfg: Any) -> Any:
+    from accelerate import Accelerator
+
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    fsdp_plugin = None
+    if cfg.train.fsdp:
+        from accelerate import FullyShardedDataParallelPlugin
+
+        # FSDP2 (per-parameter DTensor sharding), one unit per decoder layer.
+        fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=DECODER_LAYERS,
+            reshard_after_forward=True,
+        )
+    return Accelerator(
+        mixed_precision=mp, cpu=not torch.cuda.is_available(), fsdp_plugin=fsdp_plugin
+    )
+
+
+def setup(cfg: Any) -> Run:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from data.pipeline import build_data
+    from models import build_model, count_parameters
+    from models.loss import CausalLMWithLoss
+    from models.presets import get_preset
+    from soap import build_optimizer
+
+    acc = accelerator(cfg)
+    accum = grad_accum_steps(cfg.regime.global_batch, cfg.regime.micro_batch, acc.num_processes)
+    non_embedding = get_preset(cfg.model.preset).non_embedding_params(cfg.model.qk_norm)
+    full, steps = total_steps(cfg, non_embedding)
+    data = build_data(
+        OmegaConf.to_object(cfg.data),
+        seq_len=cfg.regime.seq_len,
+        cache_dir=cfg.cache_dir,
+        train_tokens=full * cfg.regime.global_batch * cfg.regime.seq_len,
+        micro_batch=cfg.regime.micro_batch,
+        grad_accum=accum,
+        world_size=acc.num_processes,
+        rank=acc.process_index,
+        seed=cfg.seed,
+        eval_sequences=cfg.train.eval_sequences,
+        eval_batch_size=cfg.train.eval_batch_size,
+        progress=acc.is_main_process and cfg.train.progress,
+    )
+
+    seed_all(cfg.seed)
+    lm = build_model(
+        cfg.model.preset,
+        vocab_size=data.vocab_size,
+        max_seq_len=cfg.regime.seq_len,
+        qk_norm=cfg.model.qk_norm,
+        init_std=cfg.model.init_std,
+        seed=cfg.seed,
+    )
+    counts = count_parameters(lm)
+    raw = CausalLMWithLoss(lm, cfg.train.z_loss, cfg.train.loss_chunk_tokens)
+    if compile_enabled(cfg, acc.device.type):
+        for layer in raw.decoder_layers:  # per block, as torchtitan: composes with DDP/FSDP2
+            layer.compile()
+    model = acc.prepare(raw)
+    # The optimizer is built after prepare(model), on the parameters the device now holds.
+    unwrapped = acc.unwrap_model(model)
+    opt = build_optimizer(unwrapped, instantiate(cfg.optimizer))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(steps, cfg.schedule.warmup_fraction, cfg.schedule.final_lr_fraction)
+    )
+    return Run(
+        cfg=cfg,
+        run_dir=Path(cfg.run_dir),
+        accelerator=acc,
+        model=model,
+        raw_model=unwrapped,
+        optimizer=opt,
+        scheduler=sched,
+        loader=data.loader,
+        val=data.validation,
+        data_info=data.info,
+        full_steps=full,
+        steps=steps,
+        accum=accum,
+        params=counts,
+        clock=TrainClock(acc.device, cfg.train.clock_skip_steps),
+        tracker=TargetTracker(cfg.train.target_loss),
+    )

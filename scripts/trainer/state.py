@@ -1,0 +1,221 @@
+"""What a checkpoint holds, in one ``states`` mapping used for both save and restore, written
+with ``torch.distributed.checkpoint`` (every rank writes its own part, no gather on rank 0;
+a different number of ranks can read it back).
+
+Layout: ``<run_dir>/checkpoints/step-<N>/`` (DCP files) and ``<run_dir>/checkpoints/latest``
+(the name of the newest complete one). A checkpoint is written to ``step-<N>.tmp`` and
+renamed when every rank has finished; ``latest`` is then replaced atomically and older
+checkpoints are removed, so a kill at any moment leaves the previous checkpoint readable.
+
+``states``:
+
+* ``model``: ``get_model_state_dict`` (plain tensors, or FSDP2's ``DTensor`` shards);
+* ``optimizer``: :func:`soap.checkpoint.named_state` - state keyed by parameter name, each
+  rank writing the parameters it owns (the distributed SOAP/Shampoo/Muon) or everything
+  (replicated optimizers; DCP writes one copy). FSDP2 with a torch optimizer (``DTensor``
+  state) reshards like the model;
+* ``trainer``: step, LR schedule, clock, target tracker, eval history, bad-step count, RNG and
+  the loader position (rank 0's: every rank computes the same ones);
+* ``loader.rank<r>``: a rank's own loader state where it differs per rank (streaming data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import random
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from soap.checkpoint import GROUPS, load_named_state, named_state, needed_names, param_names
+
+DIR, LATEST = "checkpoints", "latest"
+
+
+class CheckpointError(RuntimeError):
+    """An unreadable checkpoint, with a one-line message naming the fix."""
+
+
+def rng_state() -> dict[str, Any]:
+    s = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _trainer_state(run: Any) -> dict[str, Any]:
+    return {
+        "step": run.step,
+        "scheduler": run.scheduler.state_dict(),
+        "loader": run.loader.state_dict() if not run.loader.per_rank_state else None,
+        "clock": run.clock.state_dict(),
+        "tracker": run.tracker.state_dict(),
+        "eval_history": run.eval_history,
+        "bad_steps": run.bad_steps,
+        "rng": rng_state(),
+    }
+
+
+def _load_trainer_state(run: Any, s: dict[str, Any]) -> None:
+    run.scheduler.load_state_dict(s["scheduler"])
+    if s["loader"] is not None:
+        run.loader.load_state_dict(s["loader"])
+    run.clock.load_state_dict(s["clock"])
+    run.tracker.load_state_dict(s["tracker"])
+    run.eval_history = list(s["eval_history"])
+    run.bad_steps = s["bad_steps"]
+    run.step = s["step"]
+    set_rng_state(s["rng"])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DCP warns that it assumes one process when no process group exists: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+        yield
+
+
+def _blob(obj: Any) -> io.BytesIO:
+    return io.BytesIO(pickle.dumps(obj))
+
+
+def _unblob(b: io.BytesIO) -> Any:
+    return pickle.loads(b.getvalue())
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint directory, or None."""
+    pointer = run_dir / DIR / LATEST
+    if not pointer.exists():
+        return None
+    path = run_dir / DIR / pointer.read_text().strip()
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{pointer} names {path.name}, which is missing: move {run_dir / DIR} away and rerun"
+        )
+    return path
+
+
+def save(run: Any) -> Path:
+    """Write this step's checkpoint (every rank takes part)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    acc, root = run.accelerator, run.run_dir / DIR
+    final = root / f"step-{run.step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    optimizer = named_state(run.optimizer, param_names(run.raw_model))
+    optimizer[GROUPS] = _blob(optimizer[GROUPS])  # a list: one opaque entry, not flattened
+    states: dict[str, Any] = {
+        "model": get_model_state_dict(run.model),
+        "optimizer": optimizer,
+        "trainer": _blob(_trainer_state(run)),
+    }
+    if run.loader.per_rank_state:
+        states[f"loader.rank{acc.process_index}"] = _blob(run.loader.state_dict())
+    with _quiet():
+        dcp.save(states, checkpoint_id=str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = root / LATEST
+        (root / ".latest.tmp").write_text(final.name)
+        os.replace(root / ".latest.tmp", pointer)
+        for old in root.glob("step-*"):
+            if old.name != final.name:
+                shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def _optimizer_template(run: Any, metadata: Any, names: dict[int, str]) -> dict[str, Any]:
+    """Tensors to read the optimizer entries this rank needs into (shapes from the file)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    by_name = {n: p for n, p in run.raw_model.named_parameters()}
+    needed = set(needed_names(run.optimizer, names))
+    template: dict[str, Any] = {GROUPS: io.BytesIO()}
+    for key, md in metadata.state_dict_metadata.items():
+        if not key.startswith("optimizer.") or key == f"optimizer.{GROUPS}":
+            continue
+        entry = key[len("optimizer.") :]
+        pname = entry.rpartition("/")[0]
+        if pname not in needed:
+            continue
+        if isinstance(md, TensorStorageMetadata):
+            p = by_name[pname]
+            if type(p).__name__ == "DTensor" and tuple(md.size) == tuple(p.shape):
+                template[entry] = torch.zeros_like(p, dtype=md.properties.dtype)
+            else:
+                template[entry] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+        else:
+            template[entry] = None
+    return template
+
+
+def restore(run: Any, path: Path) -> None:
+    """Load ``path`` into the run (every rank takes part); any number of ranks may have
+    written it (the model and the optimizer state reshard)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    try:
+        reader = dcp.FileSystemReader(str(path))
+        metadata = reader.read_metadata()
+        names = param_names(run.raw_model)
+        rank_key = f"loader.rank{run.accelerator.process_index}"
+        states: dict[str, Any] = {
+            "model": get_model_state_dict(run.model),
+            "optimizer": _optimizer_template(run, metadata, names),
+            "trainer": io.BytesIO(),
+        }
+        per_rank = run.loader.per_rank_state
+        if per_rank:
+            if rank_key not in metadata.state_dict_metadata:
+                raise CheckpointError(
+                    f"checkpoint {path} holds no loader state for rank "
+                    f"{run.accelerator.process_index}: streaming data resumes only with the "
+                    "number of processes that wrote it"
+                )
+            states[rank_key] = io.BytesIO()
+        with _quiet():
+            dcp.load(states, checkpoint_id=str(path))
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+            "move it away and rerun, or use resume=never with a new run_dir"
+        ) from None
+    set_model_state_dict(run.model, states["model"])
+    opt_states = states["optimizer"]
+    opt_states[GROUPS] = _unblob(opt_states[GROUPS])
+    load_named_state(run.optimizer, opt_states, names)
+    _load_trainer_state(run, _unblob(states["trainer"]))
+    if per_rank:
+        run.loader.load_state_dict(_unblob(states[rank_key]))

@@ -1,0 +1,110 @@
+"""Optimizer state keyed by parameter name, for sharded checkpoints.
+
+``torch.optim``'s ``state_dict()`` numbers parameters by position and holds whatever this rank
+has. In the distributed mode each rank holds the state of the parameters it owns, so a
+checkpoint written by several ranks must say *which parameter* every tensor belongs to, and a
+different number of ranks must be able to read it back. :func:`named_state` gives this rank's
+state as a flat mapping ``"<parameter name>/<state key>" -> value`` plus ``"param_groups"``
+(the hyperparameters); :func:`load_named_state` puts such a mapping back. The keys are the
+same whatever the number of ranks, so ``torch.distributed.checkpoint`` writes every rank's own
+part (no gather) and reshards on load (``scripts/trainer/state.py`` does this; so can user
+code). Works for any optimizer with torch's state layout, :class:`soap.ChainedOptimizer`, and
+``DTensor`` state (FSDP2 + torch optimizers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+GROUPS = "param_groups"
+
+
+def _leaves(opt: Optimizer) -> list[Optimizer]:
+    inner = getattr(opt, "optimizers", None)  # ChainedOptimizer
+    if inner is not None:
+        return [leaf for o in inner for leaf in _leaves(o)]
+    wrapped = getattr(opt, "optimizer", None)  # accelerate's AcceleratedOptimizer
+    if isinstance(wrapped, Optimizer) and wrapped is not opt:
+        return _leaves(wrapped)
+    return [opt]
+
+
+def param_names(model: nn.Module) -> dict[int, str]:
+    """``id(parameter) -> name`` (tied parameters under their first name, as in
+    ``named_parameters()``)."""
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def owned(opt: Optimizer) -> list[Tensor]:
+    """The parameters whose state this rank holds (all of them unless distributed)."""
+    out = []
+    for leaf in _leaves(opt):
+        own = getattr(leaf, "owned_parameters", None)
+        out += own() if callable(own) else [p for g in leaf.param_groups for p in g["params"]]
+    return out
+
+
+def named_state(opt: Optimizer, names: Mapping[int, str]) -> dict[str, Any]:
+    """This rank's optimizer state: ``{"<name>/<key>": value, "param_groups": [...]}``."""
+    flat: dict[str, Any] = {}
+    groups = []
+    for leaf in _leaves(opt):
+        for g in leaf.param_groups:
+            groups.append(
+                {k: v for k, v in g.items() if k != "params"}
+                | {"param_names": [names[id(p)] for p in g["params"]]}
+            )
+        for p, st in leaf.state.items():
+            for k, v in st.items():
+                # Views into stacked buffers are cloned so that a writer stores the row only.
+                flat[f"{names[id(p)]}/{k}"] = v.clone() if isinstance(v, Tensor) else v
+    flat[GROUPS] = groups
+    return flat
+
+
+def load_named_state(opt: Optimizer, flat: Mapping[str, Any], names: Mapping[int, str]) -> None:
+    """Load what :func:`named_state` wrote (any number of ranks) into ``opt``; entries for
+    parameters this rank does not hold are ignored, hyperparameters come from the file."""
+    saved_groups = list(flat[GROUPS])
+    per_param: dict[str, dict[str, Any]] = {}
+    for key, v in flat.items():
+        if key == GROUPS:
+            continue
+        name, _, k = key.rpartition("/")
+        per_param.setdefault(name, {})[k] = v
+    i = 0
+    for leaf in _leaves(opt):
+        state, groups, idx = {}, [], 0
+        for g in leaf.param_groups:
+            saved = saved_groups[i]
+            i += 1
+            mine = [names[id(p)] for p in g["params"]]
+            if saved["param_names"] != mine:
+                raise ValueError(
+                    "optimizer checkpoint does not match this optimizer's parameter groups "
+                    f"(group {i - 1}: {len(saved['param_names'])} saved vs {len(mine)} "
+                    "parameters): resume with the same model and optimizer"
+                )
+            new = {**saved, "params": list(range(idx, idx + len(mine)))}
+            if "param_names" not in g:  # only groups that had names get them back
+                new.pop("param_names")
+            groups.append(new)
+            for name in mine:
+                if name in per_param:
+                    state[idx] = per_param[name]
+                idx += 1
+        leaf.load_state_dict({"state": state, GROUPS: groups})
+    if i != len(saved_groups):
+        raise ValueError(
+            f"optimizer checkpoint has {len(saved_groups)} parameter groups, this optimizer "
+            f"{i}: resume with the same optimizer configuration"
+        )
+
+
+def needed_names(opt: Optimizer, names: Mapping[int, str]) -> Iterable[str]:
+    """Names of the parameters whose state this rank must read on resume."""
+    return [names[id(p)] for p in owned(opt)]
