@@ -37,69 +37,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .layout import STEP, Layout, ShapePlan, from_working, plan_shape, to_working
+from . import functional as F
+from .layout import STEP, Layout, ShapePlan, plan_shape, to_working
 
-NONFINITE_MODES = ("skip", "raise")
-DISTRIBUTED_MODES = ("auto", "off")
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
 _REFERENCE_KEYS = ("GG", "Q")  # state entries of the public reference SOAP
 
 
 class NonFiniteGradientError(RuntimeError):
     """A parameter received a NaN or infinite gradient."""
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def validate_common(group: dict[str, Any], name: str) -> None:
-    """Shared hyperparameter checks (``ValueError`` with a readable message)."""
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        lr = float(lr)
-    _check(
-        isinstance(lr, (int, float)) and lr >= 0.0,
-        f"{name}: invalid learning rate lr={lr!r} (must be >= 0)",
-    )
-    betas = group["betas"]
-    _check(
-        isinstance(betas, (tuple, list)) and len(betas) == 2,
-        f"{name}: betas must be a pair (beta1, beta2), got {betas!r}",
-    )
-    for i, b in enumerate(betas):
-        _check(0.0 <= float(b) < 1.0, f"{name}: invalid beta{i + 1}={b!r} (must be in [0, 1))")
-    _check(
-        float(group["weight_decay"]) >= 0.0,
-        f"{name}: invalid weight_decay={group['weight_decay']!r} (must be >= 0)",
-    )
-    check_positive_int(group, "precondition_frequency", name)
-    _check(
-        group["nonfinite_grad"] in NONFINITE_MODES,
-        f"{name}: nonfinite_grad must be one of {NONFINITE_MODES}, got {group['nonfinite_grad']!r}",
-    )
-    _check(
-        group["data_format"] in ("channels_first", "channels_last"),
-        f"{name}: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
-    )
-    _check(
-        group["distributed"] in DISTRIBUTED_MODES,
-        f"{name}: distributed must be one of {DISTRIBUTED_MODES}, got {group['distributed']!r}",
-    )
-
-
-def check_positive_int(group: dict[str, Any], key: str, name: str) -> None:
-    v = group[key]
-    _check(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        f"{name}: {key} must be an integer >= 1, got {v!r}",
-    )
-
-
-def check_bools(group: dict[str, Any], keys: Iterable[str], name: str) -> None:
-    for k in keys:
-        _check(isinstance(group[k], bool), f"{name}: {k} must be a bool, got {group[k]!r}")
 
 
 def _finite_flags(tensors: list[Tensor]) -> Tensor:
@@ -421,66 +367,5 @@ class BucketedOptimizer(Optimizer):
         for p in params:
             self.state[p][STEP] = step
 
-    @classmethod
-    def _apply_product_update(
-        cls,
-        targets: list[Tensor],
-        plan: ShapePlan,
-        a: Tensor,
-        b: Tensor,
-        step_size: float,
-        decay: float,
-        decay_first: bool,
-        keep: Tensor | None,
-    ) -> None:
-        """:meth:`_apply_update` with ``update = a @ b`` (batched); for unmasked fp32 matrices
-        the product, the step and the weight decay are one ``addmm`` per tensor (no
-        temporary, two fewer passes over the parameter)."""
-        fused = keep is None and plan.permute is None and len(plan.original) == 2
-        if fused and all(t.dtype == torch.float32 and t.is_contiguous() for t in targets):
-            # decay after: (1 - d)(p - s u); decay first: (1 - d) p - s u.
-            alpha = -step_size if decay_first else -(1.0 - decay) * step_size
-            for t, ai, bi in zip(targets, a.unbind(0), b.unbind(0), strict=True):
-                t.addmm_(ai, bi, beta=1.0 - decay, alpha=alpha)
-            return
-        cls._apply_update(targets, plan, a @ b, step_size, decay, decay_first, keep)
-
-    @staticmethod
-    def _apply_update(
-        targets: list[Tensor],
-        plan: ShapePlan,
-        update: Tensor,
-        step_size: float,
-        decay: float,
-        decay_first: bool,
-        keep: Tensor | None,
-    ) -> None:
-        """``p -= step_size * update`` plus decoupled weight decay ``p -= decay * p``.
-
-        ``decay_first`` selects torch AdamW's order (decay, then update); the SOAP reference
-        decays after the update. With a mask ``keep`` both are scaled per tensor on the device.
-        """
-        if keep is None:
-            ups = [
-                from_working(u, plan).to(t.dtype)
-                for u, t in zip(update.unbind(0), targets, strict=True)
-            ]
-            if decay_first and decay != 0.0:
-                torch._foreach_add_(targets, targets, alpha=-decay)
-            torch._foreach_add_(targets, ups, alpha=-step_size)
-            if not decay_first and decay != 0.0:
-                torch._foreach_add_(targets, targets, alpha=-decay)
-            return
-        scaled = update * (keep * -step_size)
-        ups = [
-            from_working(u, plan).to(t.dtype)
-            for u, t in zip(scaled.unbind(0), targets, strict=True)
-        ]
-        shrink = (1.0 - decay * keep.flatten()).unbind(0)
-        if decay_first and decay != 0.0:
-            for t, s in zip(targets, shrink, strict=True):
-                t.mul_(s)
-        torch._foreach_add_(targets, ups)
-        if not decay_first and decay != 0.0:
-            for t, s in zip(targets, shrink, strict=True):
-                t.mul_(s)
+    _apply_update = staticmethod(F.apply_update_)
+    _apply_product_update = staticmethod(F.apply_product_update_)

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .layout import ShapePlan, from_working
+
 __all__ = [
     "gram",
     "update_factors_",
@@ -35,6 +37,8 @@ __all__ = [
     "soap_step_size",
     "normalize_rms",
     "permute_along_",
+    "apply_update_",
+    "apply_product_update_",
 ]
 
 
@@ -179,3 +183,68 @@ def permute_along_(t: Tensor, dim: int, order: Tensor) -> None:
     shape[dim] = t.shape[dim]
     idx = order.reshape(shape).expand_as(t)
     t.copy_(torch.gather(t, dim, idx))
+
+
+# --------------------------------------------------------------------------------------
+# Applying an update
+# --------------------------------------------------------------------------------------
+def apply_update_(
+    targets: list[Tensor],
+    plan: ShapePlan,
+    update: Tensor,
+    step_size: float,
+    decay: float,
+    decay_first: bool,
+    keep: Tensor | None,
+) -> None:
+    """``p -= step_size * update`` plus decoupled weight decay ``p -= decay * p``.
+
+    ``decay_first`` selects torch AdamW's order (decay, then update); the SOAP reference
+    decays after the update. With a mask ``keep`` both are scaled per tensor on the device.
+    """
+    if keep is None:
+        ups = [
+            from_working(u, plan).to(t.dtype)
+            for u, t in zip(update.unbind(0), targets, strict=True)
+        ]
+        if decay_first and decay != 0.0:
+            torch._foreach_add_(targets, targets, alpha=-decay)
+        torch._foreach_add_(targets, ups, alpha=-step_size)
+        if not decay_first and decay != 0.0:
+            torch._foreach_add_(targets, targets, alpha=-decay)
+        return
+    scaled = update * (keep * -step_size)
+    ups = [
+        from_working(u, plan).to(t.dtype) for u, t in zip(scaled.unbind(0), targets, strict=True)
+    ]
+    shrink = (1.0 - decay * keep.flatten()).unbind(0)
+    if decay_first and decay != 0.0:
+        for t, s in zip(targets, shrink, strict=True):
+            t.mul_(s)
+    torch._foreach_add_(targets, ups)
+    if not decay_first and decay != 0.0:
+        for t, s in zip(targets, shrink, strict=True):
+            t.mul_(s)
+
+
+def apply_product_update_(
+    targets: list[Tensor],
+    plan: ShapePlan,
+    a: Tensor,
+    b: Tensor,
+    step_size: float,
+    decay: float,
+    decay_first: bool,
+    keep: Tensor | None,
+) -> None:
+    """:func:`apply_update_` with ``update = a @ b`` (batched); for unmasked fp32 matrices
+    the product, the step and the weight decay are one ``addmm`` per tensor (no
+    temporary, two fewer passes over the parameter)."""
+    fused = keep is None and plan.permute is None and len(plan.original) == 2
+    if fused and all(t.dtype == torch.float32 and t.is_contiguous() for t in targets):
+        # decay after: (1 - d)(p - s u); decay first: (1 - d) p - s u.
+        alpha = -step_size if decay_first else -(1.0 - decay) * step_size
+        for t, ai, bi in zip(targets, a.unbind(0), b.unbind(0), strict=True):
+            t.addmm_(ai, bi, beta=1.0 - decay, alpha=alpha)
+        return
+    apply_update_(targets, plan, a @ b, step_size, decay, decay_first, keep)

@@ -36,14 +36,8 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import (
-    Bucket,
-    BucketedOptimizer,
-    _check,
-    check_bools,
-    check_positive_int,
-    validate_common,
-)
+from ._base import Bucket, BucketedOptimizer
+from ._validate import _check, check_bools, check_positive_int, validate_common
 from .layout import Layout, factor_key, is_root_key, root_key
 from .linalg import full_fp32, inverse_root
 

@@ -47,14 +47,8 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from ._base import (
-    Bucket,
-    BucketedOptimizer,
-    _check,
-    check_bools,
-    check_positive_int,
-    validate_common,
-)
+from ._base import Bucket, BucketedOptimizer
+from ._validate import _check, check_bools, check_positive_int, validate_common
 from .layout import Layout, basis_key, factor_key
 from .linalg import eigenbasis, full_fp32, refresh_basis
 

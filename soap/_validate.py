@@ -1,0 +1,65 @@
+"""Hyperparameter checks shared by SOAP and Shampoo (``ValueError`` with a readable message),
+run by ``add_param_group`` for every group, before any state exists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor
+
+NONFINITE_MODES = ("skip", "raise")
+DISTRIBUTED_MODES = ("auto", "off")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def validate_common(group: dict[str, Any], name: str) -> None:
+    """Shared hyperparameter checks (``ValueError`` with a readable message)."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        lr = float(lr)
+    _check(
+        isinstance(lr, (int, float)) and lr >= 0.0,
+        f"{name}: invalid learning rate lr={lr!r} (must be >= 0)",
+    )
+    betas = group["betas"]
+    _check(
+        isinstance(betas, (tuple, list)) and len(betas) == 2,
+        f"{name}: betas must be a pair (beta1, beta2), got {betas!r}",
+    )
+    for i, b in enumerate(betas):
+        _check(0.0 <= float(b) < 1.0, f"{name}: invalid beta{i + 1}={b!r} (must be in [0, 1))")
+    _check(
+        float(group["weight_decay"]) >= 0.0,
+        f"{name}: invalid weight_decay={group['weight_decay']!r} (must be >= 0)",
+    )
+    check_positive_int(group, "precondition_frequency", name)
+    _check(
+        group["nonfinite_grad"] in NONFINITE_MODES,
+        f"{name}: nonfinite_grad must be one of {NONFINITE_MODES}, got {group['nonfinite_grad']!r}",
+    )
+    _check(
+        group["data_format"] in ("channels_first", "channels_last"),
+        f"{name}: data_format must be 'channels_first' or 'channels_last', got {group['data_format']!r}",
+    )
+    _check(
+        group["distributed"] in DISTRIBUTED_MODES,
+        f"{name}: distributed must be one of {DISTRIBUTED_MODES}, got {group['distributed']!r}",
+    )
+
+
+def check_positive_int(group: dict[str, Any], key: str, name: str) -> None:
+    v = group[key]
+    _check(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        f"{name}: {key} must be an integer >= 1, got {v!r}",
+    )
+
+
+def check_bools(group: dict[str, Any], keys: Iterable[str], name: str) -> None:
+    for k in keys:
+        _check(isinstance(group[k], bool), f"{name}: {k} must be a bool, got {group[k]!r}")
