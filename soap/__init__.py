@@ -10,12 +10,14 @@ from ._base import NonFiniteGradientError
 from .factory import build_optimizer, optimizer_state_bytes, resolve_optimizer_class
 from .grouping import classify, param_groups
 from .hybrid import ChainedOptimizer, MuonAdamW
+from .muon import Muon
 from .shampoo import Shampoo
 from .soap import SOAP
 
 __all__ = [
     "SOAP",
     "Shampoo",
+    "Muon",
     "MuonAdamW",
     "ChainedOptimizer",
     "NonFiniteGradientError",

@@ -192,11 +192,22 @@ class BucketedOptimizer(Optimizer):
 
     # ---- the step, shared with the distributed mode ------------------------------------
     def _run(
-        self, buckets: list[Bucket], grads: list[list[Tensor]], targets: list[list[Tensor]]
+        self,
+        buckets: list[Bucket],
+        grads: list[list[Tensor]],
+        targets: list[list[Tensor]],
+        check: bool = True,
     ) -> None:
         """Step every bucket with its (full) gradients, updating its ``targets`` in place
         (the parameters themselves, or full copies in the distributed FSDP mode)."""
-        self._raise_on_nonfinite(buckets, grads)
+        if check:
+            self._raise_on_nonfinite(
+                [
+                    (p, g)
+                    for b, gs in zip(buckets, grads, strict=True)
+                    for p, g in zip(b.params, gs, strict=True)
+                ]
+            )
         host_ok = self._host_all_finite(grads)
         first = False
         for b, gs, ts in zip(buckets, grads, targets, strict=True):
@@ -213,13 +224,10 @@ class BucketedOptimizer(Optimizer):
         if first:
             self._invalidate()  # tensors that took their first step now bucket by step
 
-    def _raise_on_nonfinite(self, buckets: list[Bucket], grads: list[list[Tensor]]) -> None:
-        checked = [
-            (p, g)
-            for b, gs in zip(buckets, grads, strict=True)
-            if self.param_groups[b.group_index]["nonfinite_grad"] == "raise"
-            for p, g in zip(b.params, gs, strict=True)
-        ]
+    def _raise_on_nonfinite(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
+        """``nonfinite_grad='raise'``: one host check of these (parameter, gradient) pairs."""
+        mode = {id(p): g["nonfinite_grad"] for g in self.param_groups for p in g["params"]}
+        checked = [(p, g) for p, g in pairs if mode[id(p)] == "raise"]
         if not checked:
             return
         flags = _finite_flags([g for _, g in checked])
@@ -323,6 +331,17 @@ class BucketedOptimizer(Optimizer):
                 self.state[p][n] = buf[i]
             bufs[n] = buf
         return bufs
+
+    def owned_parameters(self) -> list[Tensor]:
+        """The parameters whose state this rank holds (all of them unless distributed)."""
+        dist = self._get_distribution()
+        return [p for g in self.param_groups for p in g["params"] if dist is None or dist.owns(p)]
+
+    @property
+    def comm_bytes_per_step(self) -> int:
+        """Bytes this rank sent and received in the last distributed step (0 if none)."""
+        dist = self._book["distribution"]
+        return dist.comm_bytes_per_step if dist else 0
 
     # ---- helpers for subclasses ---------------------------------------------------------
     def _get_distribution(self) -> Any:

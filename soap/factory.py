@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from .grouping import param_groups
 from .hybrid import ChainedOptimizer, MuonAdamW
+from .muon import Muon
 from .shampoo import Shampoo
 from .soap import SOAP
 
@@ -23,6 +24,7 @@ _REGISTRY: dict[str, Callable[..., Optimizer]] = {
     "soap": SOAP,
     "shampoo": Shampoo,
     "muon": MuonAdamW,
+    "muon-only": Muon,
 }
 
 
@@ -80,7 +82,9 @@ def build_optimizer(
         on_cuda = all(p.is_cuda for g in groups for p in g["params"])
         hparams["fused" if on_cuda else "foreach"] = True
     # torch >= 2.6 reads param_names; optimizers from elsewhere may refuse unknown group keys.
-    if cls not in (SOAP, Shampoo) and not str(getattr(cls, "__module__", "")).startswith("torch"):
+    if cls not in (SOAP, Shampoo, Muon) and not str(getattr(cls, "__module__", "")).startswith(
+        "torch"
+    ):
         for g in groups:
             g.pop("param_names", None)
     return make(groups, **hparams)

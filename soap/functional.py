@@ -70,7 +70,7 @@ def update_factors_(
     ``keep`` (``(B, 1, 1)``, 1.0 or 0.0 per stacked tensor) masks the update on the device: a
     0 leaves that tensor's factors untouched, with no host synchronisation.
     """
-    w = _weight(beta, keep)
+    w = _weight(beta, keep.reshape(-1, 1, 1) if keep is not None else None)
     for i, f in enumerate(factors):
         if f is None:
             continue

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .grouping import ParamInfo, classify, param_groups
+from .muon import Muon
 
 __all__ = ["ChainedOptimizer", "MuonAdamW"]
 
@@ -96,7 +97,10 @@ def MuonAdamW(
     decay_embeddings: bool = False,
     distributed: str = "auto",
 ) -> ChainedOptimizer:
-    """``torch.optim.Muon`` on hidden 2-D matrices, AdamW on everything else.
+    """:class:`soap.Muon` (``torch.optim.Muon``'s maths, batched, distributable) on hidden 2-D
+    matrices, ``torch.optim.AdamW`` on everything else (in the distributed mode the Muon part
+    is sharded across ranks; the AdamW part, elementwise and cheap, stays replicated under DDP
+    and is sharded by FSDP2 itself).
 
     Accepts a module (parameters classified by module type, :mod:`soap.grouping`), named
     parameters, or the groups of :func:`soap.param_groups` (with ``param_names``).
@@ -115,13 +119,14 @@ def MuonAdamW(
     opts: list[Optimizer] = []
     if muon_p:
         opts.append(
-            torch.optim.Muon(
+            Muon(
                 muon_p,
                 lr=lr,
                 weight_decay=weight_decay,
                 momentum=momentum,
                 ns_steps=ns_steps,
                 adjust_lr_fn=adjust_lr_fn,
+                distributed=distributed,
             )
         )
     if adam_groups:

@@ -179,7 +179,9 @@ class Shampoo(BucketedOptimizer):
                         if f is not None:
                             new = inverse_root(f / bc2, group["root"], group["epsilon"], r)
                             # A skipped tensor keeps its root (its factor did not change).
-                            r.copy_(new if keep is None else torch.where(keep > 0, new, r))
+                            if keep is not None:
+                                new = torch.where(keep.reshape(-1, 1, 1) > 0, new, r)
+                            r.copy_(new)
                 shampoo = F.rotate(m_hat, roots, transpose=True)
                 scale = _tensor_norm(adam) / _tensor_norm(shampoo).clamp_min(1e-30)
                 direction = shampoo * scale

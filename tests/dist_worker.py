@@ -1,0 +1,142 @@
+"""Run under ``torchrun`` by tests/test_distributed.py (or alone, world size 1): step every
+optimizer case on the same parameters and gradients, and write the final parameters (and
+the bytes of state this rank holds) to ``<out>/<case>.rank<r>.pt``.
+
+Modes: ``ddp`` (plain parameters, identical gradients on every rank, as after DDP's
+all-reduce) and ``fsdp`` (``DTensor`` parameters and gradients sharded ``Shard(0)``, as
+FSDP2's ``fully_shard`` leaves them after its reduce-scatter)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from soap import SOAP, Muon, Shampoo, optimizer_state_bytes
+
+SHAPES = {
+    # vocabulary-like (identity on 300 > 64), stacked squares, rectangles, 1-D, 3-D
+    "mix": [(300, 16), (16, 16), (16, 16), (16, 16), (32, 16), (16, 32), (16,), (4, 6, 5)],
+    "matrices": [(300, 16), (16, 16), (16, 16), (32, 16), (16, 32), (24, 24)],
+}
+CASES = {
+    "soap": (lambda ps: SOAP(ps, lr=1e-2, precondition_frequency=3, max_precond_dim=64), "mix"),
+    "soap_merge": (
+        lambda ps: SOAP(ps, lr=1e-2, precondition_frequency=3, max_precond_dim=64, merge_dims=True),
+        "mix",
+    ),
+    "soap_variants": (
+        lambda ps: SOAP(
+            ps,
+            lr=1e-2,
+            precondition_frequency=3,
+            max_precond_dim=64,
+            one_sided=True,
+            factorized=True,
+        ),
+        "mix",
+    ),
+    "shampoo": (
+        lambda ps: Shampoo(
+            ps,
+            lr=1e-2,
+            precondition_frequency=3,
+            start_preconditioning_step=2,
+            max_preconditioner_dim=64,
+        ),
+        "mix",
+    ),
+    "muon": (lambda ps: Muon(ps, lr=2e-2, adjust_lr_fn="match_rms_adamw"), "matrices"),
+}
+STEPS, NAN_AT = 10, 6  # a NaN gradient (one parameter) at step 6: skipped by every rank
+
+
+def data(shapes, dtype):
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(*s, generator=gen).to(dtype) for s in shapes]
+    grads = [[torch.randn(*s, generator=gen).to(dtype) for s in shapes] for _ in range(STEPS)]
+    grads[NAN_AT][1][0] = float("nan")
+    return init, grads
+
+
+def run_case(name: str, mode: str, dtype: torch.dtype, out: Path) -> None:
+    make, set_name = CASES[name]
+    init, grads = data(SHAPES[set_name], dtype)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if mode == "fsdp" and world > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        mesh = init_device_mesh("cpu", (world,))
+        params = [torch.nn.Parameter(distribute_tensor(x.clone(), mesh, [Shard(0)])) for x in init]
+
+        def set_grads(gs):
+            for p, g in zip(params, gs, strict=True):
+                p.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+
+        def full(p):
+            return p.detach().full_tensor()
+    else:
+        params = [torch.nn.Parameter(x.clone()) for x in init]
+
+        def set_grads(gs):
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+
+        def full(p):
+            return p.detach()
+
+    opt = make(params)
+    for gs in grads:
+        set_grads(gs)
+        opt.step()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.save(
+        {
+            "params": [full(p).clone() for p in params],
+            "state_bytes": optimizer_state_bytes(opt),
+            "comm_bytes": getattr(opt, "comm_bytes_per_step", 0),
+            "skipped": int(opt.skipped_updates) if opt.skipped_updates is not None else 0,
+        },
+        out / f"{name}-{mode}-{str(dtype)[6:]}.rank{rank}.pt",
+    )
+
+
+def independent_models_are_refused(out: Path) -> None:
+    """Per-rank models that are not one data-parallel model must not be mixed silently."""
+    rank = dist.get_rank()
+    p = torch.nn.Parameter(torch.full((4, 4), float(rank)))
+    opt = SOAP([p])
+    p.grad = torch.ones(4, 4)
+    try:
+        opt.step()
+        msg = "no error"
+    except ValueError as e:
+        msg = str(e)
+    (out / f"mismatch.rank{rank}.txt").write_text(msg)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    modes = sys.argv[2].split(",")
+    if "RANK" in __import__("os").environ:
+        dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    if "mismatch" in modes:
+        independent_models_are_refused(out)
+        modes.remove("mismatch")
+    for mode in modes:
+        for dtype in (torch.float32, torch.bfloat16):
+            for name in CASES:
+                if dtype == torch.bfloat16 and name not in ("soap", "muon"):
+                    continue
+                run_case(name, mode, dtype, out)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

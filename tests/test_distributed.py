@@ -1,0 +1,117 @@
+"""The distributed mode (owner computes, ZeRO-1 style) equals one process to round-off:
+2 and 4 gloo processes, DDP-like and FSDP2-like (DTensor) parameters, every optimizer, a mix
+of shapes (vocabulary-sized with an identity side, stacked squares, 1-D, 3-D, merged dims),
+bf16 parameters, several refreshes and a NaN gradient skipped on every rank."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import REPO, _env
+
+WORKER = str(REPO / "tests" / "dist_worker.py")
+
+
+def _torchrun(n: int, out: Path, modes: str, port: int) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={n}",
+        f"--master_port={port}",
+        WORKER,
+        str(out),
+        modes,
+    ]
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    one = tmp_path_factory.mktemp("one")
+    r = subprocess.run(
+        [sys.executable, WORKER, str(one), "ddp"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = {}
+    for n, port in ((2, 29611), (4, 29613)):
+        d = tmp_path_factory.mktemp(f"w{n}")
+        _torchrun(n, d, "ddp,fsdp,mismatch", port)
+        runs[n] = d
+    return one, runs
+
+
+def _load(d: Path, name: str, rank: int) -> dict:
+    return torch.load(d / f"{name}.rank{rank}.pt")
+
+
+CASES = [
+    f"{c}-{{mode}}-float32" for c in ("soap", "soap_merge", "soap_variants", "shampoo", "muon")
+]
+CASES += ["soap-{mode}-bfloat16", "muon-{mode}-bfloat16"]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("case", CASES)
+def test_distributed_equals_one_process(results, world, mode, case):
+    one, runs = results
+    name = case.format(mode=mode)
+    ref = _load(one, case.format(mode="ddp"), 0)
+    ranks = [_load(runs[world], name, r) for r in range(world)]
+    bf16 = "bfloat16" in name
+    for got, want in zip(ranks[0]["params"], ref["params"], strict=True):
+        assert got.dtype == want.dtype
+        scale = want.float().abs().max()
+        # fp32: round-off of the maths; bf16 parameters: at most one bf16 ulp of the largest.
+        tol = 2.0**-8 if bf16 else 1e-5
+        assert (got.float() - want.float()).abs().max() <= tol * scale, name
+    for other in ranks[1:]:  # every rank ends with the same values
+        assert all(
+            torch.equal(a, b) for a, b in zip(ranks[0]["params"], other["params"], strict=True)
+        )
+    # The state is split, not replicated: the ranks' parts add up to one process's state.
+    assert sum(r["state_bytes"] for r in ranks) == ref["state_bytes"]
+    assert max(r["state_bytes"] for r in ranks) < ref["state_bytes"]
+    # The NaN gradient was skipped once, by its owner.
+    assert sum(r["skipped"] for r in ranks) == ref["skipped"] == 1
+    assert all(r["comm_bytes"] > 0 for r in ranks)
+
+
+def test_independent_models_are_refused_not_mixed(results):
+    _, runs = results
+    for r in range(2):
+        msg = (runs[2] / f"mismatch.rank{r}.txt").read_text()
+        assert "differ across the 2 ranks" in msg and "distributed='off'" in msg, msg
+        assert "\n" not in msg
+
+
+def test_dtensor_with_distributed_off_is_refused_at_once(tmp_path):
+    """A shard given to a mode that would precondition it alone fails in the constructor."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from soap import SOAP
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        w = torch.nn.Parameter(distribute_tensor(torch.zeros(4, 3), mesh, [Shard(0)]))
+        with pytest.raises(TypeError, match=r"w is a DTensor.*distributed='auto'"):
+            SOAP([{"params": [w], "param_names": ["w"]}], distributed="off")
+    finally:
+        dist.destroy_process_group()
