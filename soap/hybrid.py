@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .grouping import ParamInfo, classify, param_groups
-from .muon import Muon
+from .muon import AdamW, Muon
 
 __all__ = ["ChainedOptimizer", "MuonAdamW"]
 
@@ -97,10 +97,9 @@ def MuonAdamW(
     decay_embeddings: bool = False,
     distributed: str = "auto",
 ) -> ChainedOptimizer:
-    """:class:`soap.Muon` (``torch.optim.Muon``'s maths, batched, distributable) on hidden 2-D
-    matrices, ``torch.optim.AdamW`` on everything else (in the distributed mode the Muon part
-    is sharded across ranks; the AdamW part, elementwise and cheap, stays replicated under DDP
-    and is sharded by FSDP2 itself).
+    """:class:`soap.Muon` (``torch.optim.Muon``'s maths, batched) on hidden 2-D matrices and
+    AdamW (``torch.optim.AdamW``'s maths, :class:`soap.muon.AdamW`) on everything else; both
+    parts are distributed across ranks like SOAP (``distributed``).
 
     Accepts a module (parameters classified by module type, :mod:`soap.grouping`), named
     parameters, or the groups of :func:`soap.param_groups` (with ``param_names``).
@@ -131,12 +130,13 @@ def MuonAdamW(
         )
     if adam_groups:
         opts.append(
-            torch.optim.AdamW(
+            AdamW(
                 adam_groups,
                 lr=adamw_lr,
                 betas=adamw_betas,
                 eps=adamw_eps,
                 weight_decay=weight_decay,
+                distributed=distributed,
             )
         )
     return ChainedOptimizer(opts)

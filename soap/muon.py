@@ -157,3 +157,77 @@ class Muon(BucketedOptimizer):
             decay_first=True,
             keep=keep,
         )
+
+
+class AdamW(BucketedOptimizer):
+    """``torch.optim.AdamW``'s maths (decoupled decay before the step, ``eps`` outside the
+    square root, bias-corrected) on the shared machinery, so that :func:`soap.MuonAdamW`'s
+    non-matrix parameters are distributed like its matrices."""
+
+    _name = "AdamW"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        *,
+        foreach: bool = True,
+        nonfinite_grad: str = "skip",
+        distributed: str = "auto",
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            nonfinite_grad=nonfinite_grad,
+            distributed=distributed,
+            precondition_frequency=1,
+            merge_dims=False,
+            max_precond_dim=1,
+            data_format="channels_first",
+        )
+        super().__init__(params, defaults)
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        from ._validate import validate_common
+
+        validate_common(group, "AdamW")
+        _check(group["eps"] > 0, f"AdamW: invalid eps={group['eps']!r} (must be > 0)")
+
+    def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:
+        plan = self._plan(p, group)
+        return Layout(plan, tuple(False for _ in plan.shape))
+
+    def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:
+        return {"exp_avg": layout.shape, "exp_avg_sq": layout.shape}
+
+    def _step_bucket(
+        self,
+        group: dict[str, Any],
+        bucket: Bucket,
+        grad: Tensor,
+        keep: Tensor | None,
+        targets: list[Tensor],
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        step = self.state[bucket.params[0]]["step"] + 1
+        self._set_step(bucket.params, step)
+        buf = bucket.buffers
+        F.adam_moments_(buf["exp_avg"], buf["exp_avg_sq"], grad, beta1, beta2, keep)
+        bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
+        denom = (buf["exp_avg_sq"].sqrt() / math.sqrt(bc2)).add_(group["eps"])
+        lr = group["lr"]
+        F.apply_update_(
+            targets,
+            bucket.layout.plan,
+            buf["exp_avg"] / denom,
+            lr / bc1,
+            lr * group["weight_decay"],
+            decay_first=True,
+            keep=keep,
+        )

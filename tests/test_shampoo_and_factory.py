@@ -14,6 +14,7 @@ from soap import (
     param_groups,
     resolve_optimizer_class,
 )
+from soap.muon import AdamW
 
 
 def test_before_start_equals_torch_adamw():
@@ -180,7 +181,25 @@ def test_muon_splits_hidden_matrices():
     assert isinstance(opt, ChainedOptimizer)
     muon, adamw = opt.optimizers
     assert isinstance(muon, Muon) and len(muon.param_groups[0]["params"]) == 1
-    assert isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(adamw, AdamW)
+
+
+def test_bucketed_adamw_matches_torch_adamw():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 6), (8, 6), (6,), (300, 4)]
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+    a = [x.clone().requires_grad_() for x in init]
+    b = [x.clone().requires_grad_() for x in init]
+    ours = AdamW(a, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    ref = torch.optim.AdamW(b, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
+    for _ in range(8):
+        for pa, pb in zip(a, b, strict=True):
+            pa.grad = torch.randn(pa.shape, generator=gen)
+            pb.grad = pa.grad.clone()
+        ours.step()
+        ref.step()
+    for pa, pb in zip(a, b, strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
 def test_resolve_optimizer_errors():

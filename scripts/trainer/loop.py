@@ -168,6 +168,12 @@ def _sinks(run: Run, resume_step: int | None) -> Logs:
 def run_training(cfg: Any) -> int:
     """Train one run to its end (or a signal, divergence, or the target); returns the exit
     code. A completed run directory is left alone."""
+    code, acc = _train(cfg)
+    _finish(acc)
+    return code
+
+
+def _train(cfg: Any) -> tuple[int, Any]:
     validate(cfg)
     run_dir, ck = _prepare_run_dir(cfg)
     prev = RunRecord.read(run_dir)
@@ -176,7 +182,7 @@ def run_training(cfg: Any) -> int:
             f"{run_dir}: already completed ({prev.steps} steps, final eval loss "
             f"{prev.final_eval_loss:.4f}); nothing to do"
         )
-        return 0
+        return 0, None
     run = setup(cfg)
     acc = run.accelerator
     reset_peak_memory(acc.device)
@@ -269,5 +275,18 @@ def run_training(cfg: Any) -> int:
             f"{status}: {run_dir} | steps {run.step}/{run.steps} | final eval loss "
             f"{fl if fl is None else round(fl, 4)} | train {run.clock.train_seconds:.1f}s"
         )
+    return code, acc
+
+
+def _finish(acc: Any) -> None:
+    """Leave together. The run's objects (FSDP state, device meshes, loaders) are freed when
+    ``_train`` returns, while every rank is still there; then a barrier; only then does
+    Accelerate destroy the process group. Destroying it on one rank while another still
+    frees its run left that one blocked in a destructor (gloo, about one run in seven)."""
+    import gc
+
+    if acc is None:
+        return
+    gc.collect()
+    acc.wait_for_everyone()
     acc.end_training()
-    return code
