@@ -197,6 +197,7 @@ class BucketedOptimizer(Optimizer):
         grads: list[list[Tensor]],
         targets: list[list[Tensor]],
         check: bool = True,
+        after_bucket: Callable[[Bucket], None] | None = None,
     ) -> None:
         """Step every bucket with its (full) gradients, updating its ``targets`` in place
         (the parameters themselves, or full copies in the distributed FSDP mode)."""
@@ -221,6 +222,8 @@ class BucketedOptimizer(Optimizer):
                 self._count_skipped(ok)
             self._step_bucket(group, b, grad, keep, ts)
             first = first or b.first
+            if after_bucket is not None:
+                after_bucket(b)
         if first:
             self._invalidate()  # tensors that took their first step now bucket by step
 

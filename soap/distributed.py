@@ -10,8 +10,9 @@ cost of a parameter is its share of the step's FLOPs - SOAP's per-step
 of the state bytes). Only the owner keeps that parameter's state and computes its update.
 
 * **DDP** (plain parameters, identical on every rank after the gradient all-reduce): owners
-  step their parameters in place, then one flat all-gather per dtype (a flat buffer
-  per rank, padded to the largest) gives every rank every new value. Values travel in the
+  step their parameters in place, and flat all-gathers (each rank's owned parameters cut into
+  four rounds, a round started as soon as its parameters are stepped, overlapping the rest of
+  the computation) give every rank every new value. Values travel in the
   parameters' own dtype, so the result is exactly what the owner computed. Before the first
   step one small all-gather checks that parameters and gradients really are replicated (a
   user's independent per-rank models would otherwise be silently mixed): it fails with a
@@ -22,7 +23,7 @@ of the state bytes). Only the owner keeps that parameter's state and computes it
   exactly as one process would, and a second ``all_to_all_single`` returns each rank its rows.
   Other placements (tensor parallelism, HSDP) raise ``TypeError``.
 
-Collectives per step: one (DDP) or two (FSDP2), whatever the number of parameters.
+Collectives per step: four per dtype (DDP) or two (FSDP2), whatever the number of parameters.
 ``comm_bytes_per_step`` says how many bytes this rank sends and receives.
 """
 
@@ -56,6 +57,16 @@ def assign_owners(costs: list[tuple[float, float]], world: int) -> list[int]:
         owners[i] = r
         load[r] += share[i]
     return owners
+
+
+ROUNDS = 4  # all-gathers per step and dtype (DDP), overlapping the owners' computation
+
+
+@dataclass
+class _Round:
+    dtype: torch.dtype
+    per_rank: list[list[Tensor]]
+    width: int
 
 
 @dataclass
@@ -127,8 +138,8 @@ class Distribution:
                 self._check_replicated(opt, active)
             self.checked = True
         self._raise_everywhere(opt, active)
-        buckets = opt._buckets()
         if self.sharded:
+            buckets = opt._buckets()
             grads, values = self._gather_to_owners(active)
             opt._run(
                 buckets,
@@ -138,13 +149,7 @@ class Distribution:
             )
             self._scatter_from_owners(active, values)
         else:
-            opt._run(
-                buckets,
-                [[p.grad for p in b.params] for b in buckets],
-                [b.params for b in buckets],
-                check=False,
-            )
-            self._share_updates(active)
+            self._step_and_share(opt, active)
         return loss
 
     def _raise_everywhere(self, opt: Any, active: list[Tensor]) -> None:
@@ -191,32 +196,69 @@ class Distribution:
                 "models"
             )
 
-    def _share_updates(self, active: list[Tensor]) -> None:
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for p in active:
-            by_dtype.setdefault(p.dtype, []).append(p)
+    def _rounds(self, active: list[Tensor]) -> list[_Round]:
+        """Each rank's owned parameters (per dtype) cut into ``ROUNDS`` runs of about equal
+        size; round ``k`` of every rank travels in the ``k``-th all-gather."""
+        out = []
+        dtypes = sorted({p.dtype for p in active}, key=str)
+        for dtype in dtypes:
+            ps = [p for p in active if p.dtype == dtype]
+            chunks = [
+                _split([p for p in ps if self.owner[id(p)] == r], ROUNDS) for r in range(self.world)
+            ]
+            for k in range(ROUNDS):
+                per_rank = [chunks[r][k] for r in range(self.world)]
+                width = max(sum(p.numel() for p in rp) for rp in per_rank)
+                if width:
+                    out.append(_Round(dtype, per_rank, width))
+        return out
+
+    def _step_and_share(self, opt: Any, active: list[Tensor]) -> None:
+        """Owners step their buckets in round order; as soon as a round of this rank's
+        parameters is done its all-gather starts (asynchronously), so communication overlaps
+        the remaining computation. Every rank launches the rounds in the same order."""
+        rounds = self._rounds(active)
+        round_of = {id(p): k for k, rd in enumerate(rounds) for p in rd.per_rank[self.rank]}
+        buckets = sorted(opt._buckets(), key=lambda b: min(round_of[id(p)] for p in b.params))
+        pending = [len(rd.per_rank[self.rank]) for rd in rounds]
+        launched: list[tuple[Tensor, Any]] = []
+
+        def launch_ready(_bucket: Any = None) -> None:
+            if _bucket is not None:
+                for p in _bucket.params:
+                    pending[round_of[id(p)]] -= 1
+            while len(launched) < len(rounds) and pending[len(launched)] == 0:
+                rd = rounds[len(launched)]
+                mine = rd.per_rank[self.rank]
+                dev = _device(active)
+                flat = torch.zeros(rd.width, dtype=rd.dtype, device=dev)
+                if mine:
+                    n = sum(p.numel() for p in mine)
+                    torch.cat([p.detach().reshape(-1) for p in mine], out=flat[:n])
+                out = torch.empty(self.world * rd.width, dtype=rd.dtype, device=dev)
+                launched.append((out, _all_gather(out, flat, self.group, async_op=True)))
+
+        launch_ready()
+        opt._run(
+            buckets,
+            [[p.grad for p in b.params] for b in buckets],
+            [b.params for b in buckets],
+            check=False,
+            after_bucket=launch_ready,
+        )
+        launch_ready()
         sent = 0
-        for dtype, ps in by_dtype.items():
-            per_rank = [[p for p in ps if self.owner[id(p)] == r] for r in range(self.world)]
-            sizes = [sum(p.numel() for p in rp) for rp in per_rank]
-            width = max(sizes)
-            if width == 0:
-                continue
-            mine = per_rank[self.rank]
-            flat = torch.zeros(width, dtype=dtype, device=ps[0].device)
-            if mine:
-                torch.cat([p.detach().reshape(-1) for p in mine], out=flat[: sizes[self.rank]])
-            out = torch.empty(self.world * width, dtype=dtype, device=ps[0].device)
-            _all_gather(out, flat, group=self.group)
-            for r, rp in enumerate(per_rank):
+        for rd, (out, handle) in zip(rounds, launched, strict=True):
+            handle.wait()
+            for r, rp in enumerate(rd.per_rank):
                 if r == self.rank or not rp:
                     continue
-                seg = out[r * width : r * width + sizes[r]]
+                seg = out[r * rd.width : r * rd.width + sum(p.numel() for p in rp)]
                 vals = torch.split(seg, [p.numel() for p in rp])
                 torch._foreach_copy_(
                     [p.detach() for p in rp], [v.view_as(p) for v, p in zip(vals, rp, strict=True)]
                 )
-            sent += (self.world - 1) * width * flat.element_size() * 2  # ring: send + receive
+            sent += (self.world - 1) * rd.width * out.element_size() * 2  # ring: send + receive
         self.comm_bytes_per_step = sent
 
     # ---- FSDP2: shards to owners, full step, rows back -------------------------------------
@@ -313,10 +355,22 @@ class Distribution:
         self.comm_bytes_per_step += 4 * (sum(in_sizes) + sum(out_sizes))
 
 
-def _all_gather(out: Tensor, inp: Tensor, group: Any) -> None:
+def _all_gather(out: Tensor, inp: Tensor, group: Any, async_op: bool = False) -> Any:
     """One flat all-gather (``all_gather_single`` from torch 2.13; the older name before)."""
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    fn(out, inp, group=group)
+    return fn(out, inp, group=group, async_op=async_op)
+
+
+def _split(ps: list[Tensor], n: int) -> list[list[Tensor]]:
+    """``ps`` in order, cut into ``n`` consecutive runs of about equal numel."""
+    total = sum(p.numel() for p in ps)
+    out: list[list[Tensor]] = [[] for _ in range(n)]
+    seen = 0
+    for p in ps:
+        k = min(n - 1, int(n * seen / total)) if total else 0
+        out[k].append(p)
+        seen += p.numel()
+    return out
 
 
 def _row_numel(p: Tensor) -> int:

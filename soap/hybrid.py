@@ -66,6 +66,20 @@ class ChainedOptimizer(Optimizer):
             o.step()
         return loss
 
+    @property
+    def comm_bytes_per_step(self) -> int:
+        """Bytes this rank sent and received in the children's last distributed step."""
+        return sum(getattr(o, "comm_bytes_per_step", 0) for o in self.optimizers)
+
+    @property
+    def skipped_updates(self) -> Any:
+        counts = [
+            o.skipped_updates
+            for o in self.optimizers
+            if getattr(o, "skipped_updates", None) is not None
+        ]
+        return sum(counts) if counts else None
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
             o.zero_grad(set_to_none=set_to_none)
