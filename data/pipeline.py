@@ -15,7 +15,6 @@ import torch
 from .config import DataConfig
 from .loader import PackedSequences, TrainLoader, validation_batches
 from .prepare import Prepared, load_prepared, prepare, prepared_root
-from .sources import DataError
 
 
 @dataclass
@@ -70,8 +69,19 @@ def build_data(
     eval_batch_size: int,
     progress: bool,
 ) -> Data:
-    if cfg.mode != "prepared":
-        raise DataError(f"data.mode={cfg.mode!r} is not available: use data.mode=prepared")
+    if cfg.mode == "stream":
+        return _stream(
+            cfg,
+            seq_len,
+            cache_dir,
+            train_tokens,
+            micro_batch,
+            grad_accum,
+            world_size,
+            rank,
+            eval_sequences,
+            eval_batch_size,
+        )
     prep = prepare_shared(cfg, seq_len, cache_dir, rank == 0, progress, train_tokens)
     loader = TrainLoader(
         PackedSequences(prep, "train"), micro_batch, grad_accum, world_size, rank, seed
@@ -81,3 +91,27 @@ def build_data(
     )
     manifest = {k: v for k, v in prep.manifest.items() if k != "splits"}
     return Data(loader, val, prep.vocab_size, {"root": str(prep.root), "manifest": manifest})
+
+
+def _stream(
+    cfg: DataConfig,
+    seq_len: int,
+    cache_dir: str | Path,
+    train_tokens: int,
+    micro_batch: int,
+    grad_accum: int,
+    world_size: int,
+    rank: int,
+    eval_sequences: int,
+    eval_batch_size: int,
+) -> Data:
+    from .prepare import tokenizer_for
+    from .stream import StreamLoader, stream_validation
+
+    if cfg.max_tokens is None:  # the same tokenizer (and cache key) as the prepared mode
+        cfg = dataclasses.replace(cfg, max_tokens=int(train_tokens))
+    tok = tokenizer_for(cfg, cache_dir, wait=rank != 0)
+    loader = StreamLoader(cfg, tok, seq_len, micro_batch, grad_accum, world_size, rank)
+    val = stream_validation(cfg, tok, seq_len, eval_sequences, eval_batch_size, world_size, rank)
+    info = {"mode": "stream", "source": cfg.name, "tokenizer": tok.name}
+    return Data(loader, val, tok.vocab_size, info)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -23,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from .config import DataConfig
+from .pack import Packer, ShardWriter, token_batches
 from .sources import SPLITS, DataError, iter_documents
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer, bpe_path, load_tokenizer
 
 FORMAT_VERSION = 1
-DEFAULT_SHARD_TOKENS = 1 << 24
 
 
 @dataclass
@@ -74,82 +75,46 @@ def source_key(cfg: DataConfig) -> str:
     return json.dumps(keep, sort_keys=True, default=str)
 
 
-def _batched(docs: Iterator[str], n: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for d in docs:
-        batch.append(d)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _write_split(
     docs: Iterator[str],
     tok: Tokenizer,
+    cfg: DataConfig,
     seq_len: int,
     dtype: np.dtype,
     out: Path,
     split: str,
     max_tokens: int | None,
-    shard_tokens: int,
-    batch_docs: int,
     progress: bool,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    shard_seqs = max(1, shard_tokens // seq_len)
-    shards: list[dict[str, Any]] = []
-    buf = np.empty(0, dtype=np.int64)
-    pending: list[np.ndarray] = []
+    packer = Packer(seq_len)
+    writer = ShardWriter(out, split, dtype, max(1, cfg.shard_tokens // seq_len))
     n_docs = n_tokens = 0
     bar = tqdm(
         desc=f"tokenize {split}", unit="tok", unit_scale=True, disable=not progress, leave=False
     )
-
-    def flush(seqs: list[np.ndarray]) -> None:
-        arr = np.stack(seqs).astype(dtype)
-        path = out / f"{split}-{len(shards):05d}.bin"
-        arr.tofile(path)
-        shards.append(
-            {
-                "file": path.name,
-                "sequences": int(arr.shape[0]),
-                "bytes": path.stat().st_size,
-                "sha256": _sha256(path),
-            }
-        )
-
-    for batch in _batched(docs, batch_docs):
-        ids = tok.encode_batch(batch)
-        n_docs += len(batch)
-        flat = np.fromiter((t for doc in ids for t in (*doc, tok.eos_id)), dtype=np.int64)
-        n_tokens += flat.size
-        bar.update(flat.size)
-        buf = np.concatenate([buf, flat])
-        usable = (buf.size // seq_len) * seq_len
-        for s in buf[:usable].reshape(-1, seq_len):
-            pending.append(s)
-            if len(pending) == shard_seqs:
-                flush(pending)
-                pending = []
-        buf = buf[usable:]
-        if (
-            max_tokens is not None
-            and (sum(s["sequences"] for s in shards) + len(pending)) * seq_len >= max_tokens
-        ):
+    for n, tokens in token_batches(docs, tok, num_proc(cfg), cfg.batch_docs):
+        n_docs += n
+        n_tokens += tokens.size
+        bar.update(tokens.size)
+        writer.write(packer.add(tokens))
+        if max_tokens is not None and writer.sequences * seq_len >= max_tokens:
             break
     bar.close()
-    if pending:
-        flush(pending)
+    shards = writer.finish()
     return {
         "documents": n_docs,
         "tokens": n_tokens,
         "sequences": sum(s["sequences"] for s in shards),
-        "dropped_tokens": int(buf.size),
+        "dropped_tokens": int(packer.tail.size),
         "shards": shards,
     }
+
+
+def num_proc(cfg: DataConfig) -> int:
+    """Tokenizer worker processes: ``data.num_proc``, or every core."""
+    return max(1, int(cfg.num_proc or os.cpu_count() or 1))
 
 
 def verify(root: Path, manifest: dict[str, Any], full: bool = True) -> None:
@@ -217,10 +182,10 @@ def prepare(
         return found
 
     t0 = time.time()
+    # Worker processes are the parallelism; tokenizers' own threads would oversubscribe.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     max_tokens = cfg.max_tokens
-    tok = load_tokenizer(
-        cfg.tokenizer, _limit(iter_documents(cfg, "train"), max_tokens), cache_dir, skey
-    )
+    tok = tokenizer_for(cfg, cache_dir)
     dtype = _dtype_for(tok.vocab_size, cfg.dtype)
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -231,20 +196,20 @@ def prepare(
         splits[split] = _write_split(
             iter_documents(cfg, split),
             tok,
+            cfg,
             seq_len,
             dtype,
             tmp,
             split,
             int(limit) if limit else None,
-            int(cfg.shard_tokens),
-            int(cfg.batch_docs),
             progress,
         )
         if splits[split]["sequences"] == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(
                 f"the {split} split of source {cfg.source!r} has fewer than seq_len={seq_len} "
-                "tokens: add data, lower seq_len, or change data.val_fraction"
+                "tokens: add data, lower regime.seq_len, raise data.val_fraction, or cut .txt "
+                "files into paragraphs with data.split_paragraphs=true"
             )
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -264,6 +229,25 @@ def prepare(
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return Prepared(root, manifest)
+
+
+def tokenizer_for(cfg: DataConfig, cache_dir: str | Path, wait: bool = False) -> Tokenizer:
+    """The run's tokenizer: pretrained, or a BPE trained on (at most ~4 x max_tokens characters
+    of) the training split and cached - the same file for both data modes. With ``wait``,
+    a BPE is not trained here but waited for (another rank trains it)."""
+    if wait and cfg.tokenizer.kind == "bpe":
+        path = bpe_path(cfg.tokenizer, cache_dir, source_key(cfg))
+        said = False
+        while not path.exists():
+            if not said:
+                print(
+                    f"waiting for rank 0 to train the tokenizer {path}", file=sys.stderr, flush=True
+                )
+                said = True
+            time.sleep(2.0)
+        return load_tokenizer(cfg.tokenizer, None, Path(cache_dir), source_key(cfg))
+    docs = _limit(iter_documents(cfg, "train"), cfg.max_tokens)
+    return load_tokenizer(cfg.tokenizer, docs, Path(cache_dir), source_key(cfg))
 
 
 def _limit(docs: Iterator[str], max_tokens: int | None) -> Iterator[str]:

@@ -30,7 +30,7 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -137,17 +137,50 @@ def _supported(p: Path) -> bool:
     return n.endswith((".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet"))
 
 
+MIN_DOCUMENTS = 20  # fewer .txt files than this are cut into paragraphs (split_paragraphs=None)
+CHUNK_CHARS = 2000  # a paragraph longer than this is cut at a line boundary (~500 tokens)
+
+
+def _paragraphs(path: Path) -> Iterator[str]:
+    """Blank-line separated blocks of a text file, read line by line (a large book is never
+    held whole); a block longer than ``CHUNK_CHARS`` - or a file without blank lines - is cut
+    into chunks at line boundaries."""
+    block: list[str] = []
+    size = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                if block:
+                    yield "".join(block).strip()
+                block, size = [], 0
+                continue
+            block.append(line)
+            size += len(line)
+            if size >= CHUNK_CHARS:
+                yield "".join(block).strip()
+                block, size = [], 0
+    if block and "".join(block).strip():
+        yield "".join(block).strip()
+
+
 def local_documents(
-    paths: list[str] | str, text_field: str = "text", split_paragraphs: bool = False
+    paths: list[str] | str, text_field: str = "text", split_paragraphs: bool | None = None
 ) -> Iterator[str]:
-    for p in _expand(paths):
+    """Documents of local files. A ``.txt`` file is one document, or - with
+    ``split_paragraphs``, and by default (``None``) when the source holds fewer than
+    ``MIN_DOCUMENTS`` files, e.g. one book - its paragraphs (so both splits get documents)."""
+    files = _expand(paths)
+    if split_paragraphs is None:
+        split_paragraphs = len(files) < MIN_DOCUMENTS
+    for p in files:
         name = p.name.lower()
         if name.endswith(".txt"):
-            text = p.read_text(encoding="utf-8", errors="replace")
             if split_paragraphs:
-                yield from (b.strip() for b in text.split("\n\n") if b.strip())
-            elif text.strip():
-                yield text.strip()
+                yield from _paragraphs(p)
+            else:
+                text = p.read_text(encoding="utf-8", errors="replace")
+                if text.strip():
+                    yield text.strip()
         elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
             opener = gzip.open if name.endswith(".gz") else open
             try:
@@ -183,36 +216,70 @@ def local_documents(
 
 
 # ---- hub ------------------------------------------------------------------------------
-def hub_documents(
-    name: str, config: str | None, split: str, text_field: str = "text"
-) -> Iterator[str]:
-    """Stream a hub dataset. Needs network access (or a populated HF cache)."""
+def _hub_error(name: str, config: str | None, split: str, e: Exception) -> DataError:
+    if Path(name).is_dir():
+        return DataError(
+            f"cannot read split {split!r} of the dataset folder {name} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}): it needs the hub layout, e.g. "
+            "data/train-*.parquet and data/validation-*.parquet"
+        )
+    offline = (
+        os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    )
+    hint = (
+        "unset HF_HUB_OFFLINE and check network access"
+        if offline
+        else "check network access and the dataset name"
+    )
+    return DataError(
+        f"cannot stream {name!r}/{config} split {split!r} from the Hugging Face hub "
+        f"({type(e).__name__}): {hint}, or use data=embedded / data=local"
+    )
+
+
+def _hub_name(cfg: DataConfig, split: str) -> tuple[str, str | None, str]:
+    name = cfg.name or ("allenai/c4" if cfg.source == "c4" else None)
+    if not name:
+        raise DataError("data.source=hf needs data.name (a hub dataset id or a local folder)")
+    conf = cfg.config or ("en" if cfg.source == "c4" else None)
+    return name, conf, cfg.validation_split if split == "validation" else cfg.train_split
+
+
+def hub_dataset(cfg: DataConfig, split: str) -> Any:
+    """The streaming ``datasets.IterableDataset`` of a hub dataset - or of a local folder in
+    the hub layout, through the same call - for ``split``."""
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - harness dependency
         raise DataError("the 'datasets' package is missing: pip install -e '.[harness]'") from e
+    name, conf, hub_split = _hub_name(cfg, split)
     try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+        return datasets.load_dataset(name, conf, split=hub_split, streaming=True)
+    except Exception as e:  # datasets raises many types for offline / missing datasets
+        raise _hub_error(name, conf, hub_split, e) from None
+
+
+def dataset_texts(ds: Any, cfg: DataConfig, split: str) -> Iterator[str]:
+    """The ``text_field`` of every record of a streaming dataset, with one-line errors."""
+    name, conf, hub_split = _hub_name(cfg, split)
+    try:
         for rec in ds:
-            if text_field not in rec:
+            if cfg.text_field not in rec:
                 raise DataError(
-                    f"dataset {name!r} has no field {text_field!r} (fields: {sorted(rec)}): set data.text_field"
+                    f"dataset {name!r} has no field {cfg.text_field!r} (fields: {sorted(rec)}): "
+                    "set data.text_field"
                 )
-            yield rec[text_field]
+            if rec[cfg.text_field]:
+                yield rec[cfg.text_field]
     except DataError:
         raise
-    except Exception as e:  # datasets raises many types for offline / missing datasets
-        offline = (
-            os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        )
-        hint = (
-            "unset HF_HUB_OFFLINE and check network access"
-            if offline
-            else "check network access and the dataset name"
-        )
-        raise DataError(
-            f"cannot stream {name!r}/{config} split {split!r} from the Hugging Face hub ({type(e).__name__}): {hint}, or use data=embedded / data=local"
-        ) from None
+    except Exception as e:
+        raise _hub_error(name, conf, hub_split, e) from None
+
+
+def hub_documents(cfg: DataConfig, split: str) -> Iterator[str]:
+    """Stream a hub dataset's documents (network access, a populated cache, or a folder)."""
+    yield from dataset_texts(hub_dataset(cfg, split), cfg, split)
 
 
 def iter_documents(cfg: DataConfig, split: str) -> Iterator[str]:
@@ -224,13 +291,32 @@ def iter_documents(cfg: DataConfig, split: str) -> Iterator[str]:
     if cfg.source == "local":
         if not cfg.paths:
             raise DataError("data.source=local needs data.paths (files, directories or globs)")
-        docs = local_documents(cfg.paths, cfg.text_field, bool(cfg.split_paragraphs))
+        docs = local_documents(cfg.paths, cfg.text_field, cfg.split_paragraphs)
         return _split_filter(docs, split, cfg.val_fraction)
     if cfg.source in ("hf", "c4"):
-        name = cfg.name or ("allenai/c4" if cfg.source == "c4" else None)
-        if not name:
-            raise DataError("data.source=hf needs data.name (a hub dataset id)")
-        conf = cfg.config or ("en" if cfg.source == "c4" else None)
-        hub_split = cfg.validation_split if split == "validation" else cfg.train_split
-        return hub_documents(name, conf, hub_split, cfg.text_field)
+        return hub_documents(cfg, split)
     raise DataError(f"unknown data source {cfg.source!r}: use embedded, local, hf or c4")
+
+
+def export_hub_layout(cfg: DataConfig, out: str | Path, train_shards: int = 4) -> Path:
+    """Write a source's documents as a local folder in the hub dataset layout
+    (``data/train-0000i-of-0000n.parquet``, ``data/validation-00000-of-00001.parquet``), which
+    ``datasets.load_dataset(<folder>, streaming=True)`` - the C4 code path - reads offline.
+    Written once (a ``.complete`` marker); the rehearsal and the tests stream from it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    if (out / ".complete").exists():
+        return out
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    train = list(iter_documents(cfg, "train"))
+    for i in range(train_shards):
+        pq.write_table(
+            pa.table({"text": train[i::train_shards]}),
+            out / "data" / f"train-{i:05d}-of-{train_shards:05d}.parquet",
+        )
+    val = list(iter_documents(cfg, "validation"))
+    pq.write_table(pa.table({"text": val}), out / "data" / "validation-00000-of-00001.parquet")
+    (out / ".complete").write_text("ok\n")
+    return out

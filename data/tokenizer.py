@@ -11,21 +11,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import TokenizerConfig
 from .sources import DataError
 
 EOS = "<|endoftext|>"
 
 
-@dataclass
+_LOADED: dict[tuple[str, str], Any] = {}  # per process: (kind, source) -> the library object
+
+
+@dataclass(frozen=True)
 class Tokenizer:
+    """A tokenizer by its spec (kind + file or name), so it pickles to worker processes; the
+    library object is built once per process on first use."""
+
     name: str
     vocab_size: int
     eos_id: int
-    _encode: Any
+    kind: str  # bpe | pretrained
+    source: str  # the BPE json file, or the pretrained name/path
+
+    def _impl(self) -> Any:
+        key = (self.kind, self.source)
+        if key not in _LOADED:
+            if self.kind == "bpe":
+                from tokenizers import Tokenizer as HFTokenizer
+
+                _LOADED[key] = HFTokenizer.from_file(self.source)
+            else:
+                from transformers import AutoTokenizer
+
+                _LOADED[key] = AutoTokenizer.from_pretrained(self.source)
+        return _LOADED[key]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._encode(texts)
+        impl = self._impl()
+        if self.kind == "bpe":
+            return [e.ids for e in impl.encode_batch(texts, add_special_tokens=False)]
+        return impl(texts, add_special_tokens=False)["input_ids"]
+
+    def encode_with_eos(self, texts: list[str]) -> np.ndarray:
+        """The documents' tokens, each followed by the end-of-document token, as one flat
+        ``int32`` array (filled per document, never per token in Python)."""
+        ids = self.encode_batch(texts)
+        out = np.empty(sum(len(x) + 1 for x in ids), dtype=np.int32)
+        pos = 0
+        for x in ids:
+            n = len(x)
+            out[pos : pos + n] = x
+            out[pos + n] = self.eos_id
+            pos += n + 1
+        return out
 
 
 def _key(obj: Any) -> str:
@@ -51,6 +89,12 @@ def train_bpe(docs: Iterable[str], vocab_size: int, path: Path) -> None:
     tmp.replace(path)
 
 
+def bpe_path(cfg: TokenizerConfig, cache_dir: str | Path, source_key: str) -> Path:
+    """Where the BPE trained for this source and vocabulary size is cached."""
+    vocab = int(cfg.vocab_size)
+    return Path(cache_dir) / "tokenizers" / f"bpe-{vocab}-{_key([source_key, vocab])}.json"
+
+
 def load_tokenizer(
     cfg: TokenizerConfig, train_docs: Iterator[str] | None, cache_dir: Path, source_key: str
 ) -> Tokenizer:
@@ -62,7 +106,7 @@ def load_tokenizer(
             raise DataError(
                 f"tokenizer.vocab_size={vocab} is too small for byte-level BPE (>= 300)"
             )
-        path = Path(cache_dir) / "tokenizers" / f"bpe-{vocab}-{_key([source_key, vocab])}.json"
+        path = bpe_path(cfg, cache_dir, source_key)
         if not path.exists():
             if train_docs is None:
                 raise DataError("no documents to train the BPE tokenizer on")
@@ -71,14 +115,12 @@ def load_tokenizer(
         from tokenizers import Tokenizer as HFTokenizer
 
         tok = HFTokenizer.from_file(str(path))
-        eos = tok.token_to_id(EOS)
         return Tokenizer(
             name=f"bpe-{vocab}:{path.name}",
             vocab_size=tok.get_vocab_size(),
-            eos_id=eos,
-            _encode=lambda texts: [
-                e.ids for e in tok.encode_batch(texts, add_special_tokens=False)
-            ],
+            eos_id=tok.token_to_id(EOS),
+            kind="bpe",
+            source=str(path.resolve()),
         )
     if kind == "pretrained":
         name = cfg.name
@@ -98,10 +140,12 @@ def load_tokenizer(
         eos = tok.eos_token_id
         if eos is None:
             raise DataError(f"tokenizer {name!r} has no end-of-document token")
+        _LOADED[("pretrained", name)] = tok
         return Tokenizer(
             name=f"pretrained:{name}",
             vocab_size=len(tok),
             eos_id=int(eos),
-            _encode=lambda texts: tok(texts, add_special_tokens=False)["input_ids"],
+            kind="pretrained",
+            source=name,
         )
     raise DataError(f"unknown tokenizer.kind {kind!r}: use bpe or pretrained")

@@ -207,3 +207,161 @@ def test_loader_wraps_epochs_and_validation_is_fixed(prepared):
     )
     with pytest.raises(DataError, match="exceeds"):
         TrainLoader(data, micro_batch=len(data) + 1, grad_accum=1)
+
+
+def _book(path, paragraphs=300, blank_lines=True):
+    rng = np.random.default_rng(1)
+    words = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "a",
+        "in",
+        "that",
+        "was",
+        "he",
+        "it",
+        "his",
+        "with",
+        "as",
+        "had",
+        "for",
+        "on",
+        "at",
+        "by",
+        "her",
+        "you",
+    ]
+    sep = "\n\n" if blank_lines else "\n"
+    text = sep.join(
+        " ".join(rng.choice(words, size=int(rng.integers(40, 120)))) + "."
+        for _ in range(paragraphs)
+    )
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("blank_lines", [True, False])
+def test_one_text_file_is_cut_so_both_splits_exist(tmp_path, cache_dir, blank_lines):
+    """A book as one plain-text file trains as given (no flag): it is cut into paragraphs, or
+    fixed-size chunks when it has no blank lines."""
+    book = _book(tmp_path / "book.txt", paragraphs=600, blank_lines=blank_lines)
+    cfg = D(source="local", paths=[str(book)], tokenizer={"kind": "bpe", "vocab_size": 300})
+    train, val = list(iter_documents(cfg, "train")), list(iter_documents(cfg, "validation"))
+    assert len(train) > 10 and len(val) >= 1 and not set(train) & set(val)
+    prep = prepare(cfg, 32, cache_dir, progress=False)
+    assert prep.manifest["splits"]["validation"]["sequences"] > 0
+    whole = D(
+        source="local",
+        paths=[str(book)],
+        split_paragraphs=False,
+        tokenizer={"kind": "bpe", "vocab_size": 300},
+    )
+    assert (
+        len(list(iter_documents(whole, "train"))) + len(list(iter_documents(whole, "validation")))
+        == 1
+    )
+
+
+def test_too_small_validation_split_names_a_fix_that_works(tmp_path, cache_dir):
+    book = _book(tmp_path / "book.txt", paragraphs=400)
+    cfg = D(
+        source="local",
+        paths=[str(book)],
+        split_paragraphs=False,
+        tokenizer={"kind": "bpe", "vocab_size": 300},
+    )
+    with pytest.raises(DataError, match="split_paragraphs=true") as e:
+        prepare(cfg, 32, cache_dir, progress=False)
+    assert "\n" not in str(e.value)
+    fixed = D(
+        source="local",
+        paths=[str(book)],
+        split_paragraphs=True,
+        tokenizer={"kind": "bpe", "vocab_size": 300},
+    )
+    assert (
+        prepare(fixed, 32, cache_dir, progress=False).manifest["splits"]["validation"]["sequences"]
+        > 0
+    )
+
+
+def test_parallel_prepare_writes_the_same_shards(tmp_path):
+    """Two tokenizer workers produce byte-identical shards to one (order is kept)."""
+    book = _book(tmp_path / "book.txt", paragraphs=600)
+    roots = []
+    for n in (1, 2):
+        cfg = D(
+            source="local",
+            paths=[str(book)],
+            num_proc=n,
+            batch_docs=16,
+            tokenizer={"kind": "bpe", "vocab_size": 300},
+        )
+        roots.append(prepare(cfg, 32, tmp_path / f"cache{n}", progress=False))
+    a, b = (r.manifest["splits"] for r in roots)
+    assert [s["sha256"] for s in a["train"]["shards"]] == [
+        s["sha256"] for s in b["train"]["shards"]
+    ]
+    assert a["train"]["tokens"] == b["train"]["tokens"] > 10_000
+
+
+@pytest.fixture(scope="module")
+def hub_folder(tmp_path_factory):
+    from data.sources import export_hub_layout
+
+    return export_hub_layout(EMB, tmp_path_factory.mktemp("hub") / "embedded-hub", train_shards=2)
+
+
+def test_hub_layout_folder_goes_through_the_hub_code_path(hub_folder, cache_dir):
+    """data=hf data.name=<folder>: datasets.load_dataset(<folder>, streaming=True), offline."""
+    cfg = D(source="hf", name=str(hub_folder), tokenizer={"kind": "bpe", "vocab_size": 512})
+    docs = list(iter_documents(cfg, "train"))
+    assert len(docs) == len(list(iter_documents(EMB, "train")))
+    assert list(iter_documents(cfg, "validation")) == list(iter_documents(EMB, "validation"))
+    prep = prepare(cfg, 64, cache_dir, progress=False)
+    assert prep.manifest["splits"]["train"]["sequences"] > 1000
+    bad = D(source="hf", name=str(hub_folder / "data"), validation_split="nope")
+    with pytest.raises(DataError, match="hub layout"):
+        list(iter_documents(bad, "validation"))
+
+
+def test_stream_mode_validation_equals_prepared_and_resumes_exactly(hub_folder, cache_dir):
+    from data.pipeline import build_data
+
+    cfg = D(
+        source="hf",
+        name=str(hub_folder),
+        batch_docs=8,
+        tokenizer={"kind": "bpe", "vocab_size": 512},
+    )
+    kw = dict(
+        seq_len=64,
+        cache_dir=cache_dir,
+        train_tokens=10**6,
+        micro_batch=4,
+        grad_accum=2,
+        world_size=1,
+        rank=0,
+        seed=0,
+        eval_sequences=24,
+        eval_batch_size=10,
+        progress=False,
+    )
+    prepared = build_data(cfg, **kw)
+    stream = build_data(D(**{**vars(cfg), "tokenizer": cfg.tokenizer, "mode": "stream"}), **kw)
+    assert prepared.vocab_size == stream.vocab_size
+    assert all(
+        torch.equal(a, b) for a, b in zip(prepared.validation, stream.validation, strict=True)
+    )
+    loader = stream.loader
+    for _ in range(3):
+        loader.next()
+    state = loader.state_dict()
+    expected = [torch.cat(loader.next()) for _ in range(4)]
+    again = build_data(
+        D(**{**vars(cfg), "tokenizer": cfg.tokenizer, "mode": "stream"}), **kw
+    ).loader
+    again.load_state_dict(state)
+    assert all(torch.equal(e, torch.cat(again.next())) for e in expected)

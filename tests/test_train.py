@@ -438,3 +438,39 @@ def test_torch_compile_runs_and_compile_time_is_warmup(tmp_path, cache_dir):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-3), (x, y)
     first, last = s["eval_history"][0]["eval_loss"], s["eval_history"][-1]["eval_loss"]
     assert last < first - 0.05, (first, last)
+
+
+def test_stream_mode_resumes_after_sigkill_on_the_same_batches(tmp_path, cache_dir):
+    """data.mode=stream (a local folder in the hub layout, read by the C4 code path): the
+    loader's stream position and packing buffer are checkpointed, so a SIGKILLed run resumes
+    on exactly the batches it would have seen."""
+    from data.config import DataConfig
+    from data.sources import export_hub_layout
+
+    hub = export_hub_layout(DataConfig(), cache_dir / "embedded-hub", train_shards=2)
+    stream = [
+        "data=hf",
+        f"data.name={hub}",
+        "data.mode=stream",
+        "data.tokenizer.kind=bpe",
+        "data.batch_docs=8",
+    ]
+    args = [
+        *stream,
+        "optimizer=soap",
+        "train.max_steps=24",
+        "train.eval_every=6",
+        "train.checkpoint_every=3",
+    ]
+    ref = tmp_path / "ref"
+    assert cli([*args, f"run_dir={ref}"], cache_dir).returncode == 0
+    killed = tmp_path / "killed"
+    proc = spawn([*args, f"run_dir={killed}"], cache_dir)
+    _wait_for_lines(killed / "metrics.jsonl", 7, proc)
+    kill_tree(proc.pid)
+    proc.wait()
+    r = cli([*args, f"run_dir={killed}"], cache_dir)
+    assert r.returncode == 0 and "resumed" in r.stdout, r.stderr[-2000:]
+    a, b = metrics(ref), metrics(killed)
+    assert [x["step"] for x in b] == list(range(1, 25))
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]
