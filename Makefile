@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all lint format bench-optim bench-data demo demo-quick reproduce report clean
+.PHONY: install test test-all lint format bench-optim bench-data demo demo-quick reproduce rehearsal report clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,9 @@ report: install
 
 reproduce: install
 	$(PY) -m scripts.reproduce $(or $(PRESET),paper_360m_large_batch)
+
+rehearsal: install
+	$(PY) -m scripts.reproduce rehearsal --gpus 2
 
 clean:
 	rm -rf results/runs .pytest_cache .ruff_cache

@@ -27,6 +27,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data = OmegaConf.to_object(cfg.data)
     full, _ = total_steps(cfg, get_preset(cfg.model.preset).non_embedding_params(cfg.model.qk_norm))
+    if data.mode == "stream":  # nothing to prepare but the tokenizer
+        import dataclasses
+
+        from data.prepare import tokenizer_for
+
+        tokens = full * cfg.regime.global_batch * cfg.regime.seq_len
+        try:
+            tok = tokenizer_for(
+                dataclasses.replace(data, max_tokens=data.max_tokens or tokens), cfg.cache_dir
+            )
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"streamed data: tokenizer {tok.name} ready (vocabulary {tok.vocab_size})")
+        return 0
     try:
         prep = prepare_shared(
             data,

@@ -1,0 +1,74 @@
+"""The paper pipeline's driver, rehearsed on CPU: prepare, LR sweep, fractions, report - with
+2 gloo processes per run and data streamed through the C4 code path - and continued after a
+kill."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+from tests.helpers import REPO, _env, kill_tree
+
+
+def _cmd(out, cache_dir):
+    return [
+        sys.executable,
+        "-m",
+        "scripts.reproduce",
+        "rehearsal",
+        "--gpus",
+        "2",
+        "--quick",
+        "--optimizers",
+        "adamw",
+        "soap",
+        "--lrs",
+        "3e-3",
+        "1e-2",
+        "--fractions",
+        "0.5",
+        "--out",
+        str(out),
+        f"cache_dir={cache_dir}",
+        "train.max_steps=30",
+        "train.checkpoint_every=5",
+        "train.eval_every=10",
+    ]
+
+
+def test_rehearsal_runs_every_phase_and_continues_after_a_kill(tmp_path, cache_dir):
+    out = tmp_path / "rehearsal"
+    proc = subprocess.Popen(
+        _cmd(out, cache_dir),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    first = out / "adamw" / "lr0.003_frac1_seed0" / "summary.json"
+    second = out / "adamw" / "lr0.01_frac1_seed0" / "metrics.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < 300:  # kill during the second run, after its first checkpoint
+        if first.exists() and second.exists() and len(second.read_text().splitlines()) >= 7:
+            break
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    kill_tree(proc.pid)
+    proc.wait()
+    assert not (out / "adamw" / "lr0.01_frac1_seed0" / "summary.json").exists()
+    r = subprocess.run(
+        _cmd(out, cache_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
+    )
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert "already completed" in log  # the first run is not redone
+    assert re.search(r"resumed \S+lr0\.01_frac1_seed0 at step [1-9]", log), log[-2000:]
+    assert "all phases done" in log
+    report = (out / "report" / "report.md").read_text()
+    assert "| soap |" in report and "| adamw |" in report and "adamw's final loss" in report
+    assert (out / "report" / "dashboard" / "index.html").exists()
+    assert len(list(out.rglob("summary.json"))) == 6  # 2 optimizers x (2 LRs + 1 fraction)
