@@ -217,9 +217,13 @@ class BucketedOptimizer(Optimizer):
             keep = None
             if group["nonfinite_grad"] == "skip" and not host_ok:
                 ok = _finite_flags(gs)
+                self._count_skipped(ok)
+                ok = ok.expand(grad.shape[0])  # a blocked parameter's blocks share its flag
                 keep = ok.to(torch.float32).view(-1, *([1] * (grad.dim() - 1)))
                 grad = torch.where(ok.view_as(keep), grad, 0.0)
-                self._count_skipped(ok)
+            if b.layout.blocks > 1:  # its blocks, as views of the parameter
+                lay = b.layout
+                ts = list(to_working(ts[0], lay.param_plan).view(lay.blocks, *lay.shape).unbind(0))
             self._step_bucket(group, b, grad, keep, ts)
             first = first or b.first
             if after_bucket is not None:
@@ -260,8 +264,16 @@ class BucketedOptimizer(Optimizer):
 
     @staticmethod
     def _working_grad(bucket: Bucket, grads: list[Tensor]) -> Tensor:
-        """The bucket's gradients in working shape, stacked ``(B, ...)``, in fp32."""
-        plan = bucket.layout.plan
+        """The bucket's gradients in working shape, stacked ``(B, ...)``, in fp32 (a blocked
+        parameter's blocks are the batch)."""
+        layout = bucket.layout
+        plan = layout.plan
+        if layout.blocks > 1:
+            return (
+                to_working(grads[0], layout.param_plan)
+                .reshape(layout.blocks, *layout.shape)
+                .float()
+            )
         if len(grads) == 1:
             g = to_working(grads[0], plan).unsqueeze(0)
         else:
@@ -304,7 +316,7 @@ class BucketedOptimizer(Optimizer):
             # Stacking pays for many small matrices (one batched kernel instead of many
             # launches); for large ones a batched matmul is slower than separate ones
             # (measured on CPU: 15-25% for 32100x256), so they stay on their own.
-            if not group["foreach"] or p.numel() > BATCH_MAX_NUMEL:
+            if not group["foreach"] or p.numel() > BATCH_MAX_NUMEL or layout.blocks > 1:
                 key = (*key, len(keyed))
             keyed.setdefault(key, []).append(p)
             layouts[key] = layout
@@ -314,12 +326,18 @@ class BucketedOptimizer(Optimizer):
             first = key[2] is None
             spec = self._state_spec(layout)
             if first:
+                lead = (layout.blocks,) if layout.blocks > 1 else ()
                 for p in ps:
                     st = self.state[p]
                     for name, shape in spec.items():
-                        st[name] = self._init_state(name, shape, p.device)
+                        init = self._init_state(name, shape, p.device)
+                        st[name] = init.expand(*lead, *shape).clone() if lead else init
                     st[STEP] = 0
-            buckets.append(Bucket(key[0], layout, ps, first, self._stack(ps, spec)))
+            if layout.blocks > 1:  # the state already has the blocks as its batch dimension
+                bufs = {n: self.state[ps[0]][n] for n in spec}
+            else:
+                bufs = self._stack(ps, spec)
+            buckets.append(Bucket(key[0], layout, ps, first, bufs))
         return buckets
 
     def _stack(self, params: list[Tensor], names: Iterable[str]) -> dict[str, Tensor]:

@@ -50,10 +50,20 @@ class Layout:
     plan: ShapePlan
     preconditioned: tuple[bool, ...]
     factored_second_moment: bool = False
+    # Shampoo's blocking of a too-large first dimension (DistributedShampoo): the parameter
+    # (working plan ``full``) is ``blocks`` equal row blocks of shape ``plan.shape``, each with
+    # its own factors, roots and grafting; the blocks are the bucket's batch dimension.
+    blocks: int = 1
+    full: ShapePlan | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.plan.shape
+
+    @property
+    def param_plan(self) -> ShapePlan:
+        """The plan of the whole parameter (``plan`` itself unless blocked)."""
+        return self.full or self.plan
 
     @property
     def any_preconditioned(self) -> bool:
@@ -69,7 +79,10 @@ class Layout:
         n = 1
         for s in self.shape:
             n *= s
-        return sum(6 * n * d for d, has in zip(self.shape, self.preconditioned, strict=True) if has)
+        per_block = sum(
+            6 * n * d for d, has in zip(self.shape, self.preconditioned, strict=True) if has
+        )
+        return self.blocks * per_block
 
     def refresh_flops(self) -> int:
         """FLOPs of one basis refresh: ``L Q`` (``2d^3``), Householder QR without ``R``
@@ -78,7 +91,7 @@ class Layout:
         n = 1
         for s in self.shape:
             n *= s
-        return sum(
+        return self.blocks * sum(
             2 * d**3 + 8 * d**3 // 3 + min(4 * n * d, 2 * d**3 + 2 * n * d)
             for d, has in zip(self.shape, self.preconditioned, strict=True)
             if has

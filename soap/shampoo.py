@@ -21,10 +21,12 @@ direction is ``A`` itself, i.e. Shampoo is exactly its grafting Adam. ``root=2.5
 paper's tuned exponent ``-1/2.5`` for every factor; ``root=2`` is the "1/2 power" variant the
 paper analyses (its Sec. 3), ``root=2k`` the classic Shampoo of a k-dimensional tensor.
 
-Dimensions above ``max_preconditioner_dim`` get the identity (no factor) instead of
-DistributedShampoo's blocking: the only such dimension in our models is the vocabulary side of
-the embeddings, where blocking would add dozens of 8k x 8k roots for little gain, and this
-matches what SOAP does with the same tensors, so the comparison stays like for like.
+A matrix whose first dimension exceeds ``max_preconditioner_dim`` (the vocabulary side of the
+embeddings and of the output projection) is cut into equal row blocks, each preconditioned
+and grafted on its own, as DistributedShampoo (the paper's Shampoo) blocks large tensors. An
+earlier version used the identity on that side instead (as SOAP does, per the paper); with
+per-tensor grafting that one-sided direction concentrated the step on the rows of frequent
+tokens and made the loss spike after every root refresh at small scale.
 """
 
 from __future__ import annotations
@@ -38,10 +40,21 @@ from torch import Tensor
 from . import functional as F
 from ._base import Bucket, BucketedOptimizer
 from ._validate import _check, check_bools, check_positive_int, validate_common
-from .layout import Layout, factor_key, is_root_key, root_key
+from .layout import Layout, ShapePlan, factor_key, is_root_key, root_key
 from .linalg import full_fp32, inverse_root
 
 __all__ = ["Shampoo"]
+
+
+def block_size(m: int, max_dim: int) -> int | None:
+    """Rows per block when a first dimension ``m > max_dim`` is cut into equal blocks: the
+    largest divisor of ``m`` not above ``max_dim`` (32100 -> 50 blocks of 642; 4096 -> 4 of
+    1024), or None when only tiny blocks divide it (below ``max_dim / 8``: the identity is
+    used for that dimension instead)."""
+    for size in range(max_dim, max(1, max_dim // 8) - 1, -1):
+        if m % size == 0:
+            return size
+    return None
 
 
 def _tensor_norm(x: Tensor) -> Tensor:
@@ -65,7 +78,13 @@ class Shampoo(BucketedOptimizer):
             are pure grafting Adam); ``None`` means ``precondition_frequency``, as in
             DistributedShampoo.
         root: each factor's inverse root (``2.5`` paper, ``2`` the 1/2-power variant).
-        max_preconditioner_dim: larger dimensions use the identity.
+        max_preconditioner_dim: the largest factor. A matrix's larger first dimension (a
+            vocabulary side) is cut into equal row blocks (``blocking``, DistributedShampoo's
+            behaviour), each with its own factors, roots and grafting norm; other too-large
+            dimensions use the identity.
+        blocking: cut too-large first dimensions into blocks (default) rather than use the
+            identity (one-sided Shampoo, which with per-tensor grafting destabilises
+            vocabulary matrices: the grafted norm concentrates on frequent tokens' rows).
         merge_dims: merge adjacent small dimensions (as in SOAP).
         precondition_1d: give 1-D tensors a factor (the paper preconditions them too).
         graft_eps: epsilon of the grafting Adam.
@@ -87,6 +106,7 @@ class Shampoo(BucketedOptimizer):
         root: float = 2.5,
         max_preconditioner_dim: int = 10000,
         merge_dims: bool = False,
+        blocking: bool = True,
         precondition_1d: bool = True,
         graft_eps: float = 1e-8,
         data_format: str = "channels_first",
@@ -107,6 +127,7 @@ class Shampoo(BucketedOptimizer):
             root=root,
             max_preconditioner_dim=max_preconditioner_dim,
             merge_dims=merge_dims,
+            blocking=blocking,
             precondition_1d=precondition_1d,
             graft_eps=graft_eps,
             data_format=data_format,
@@ -128,13 +149,19 @@ class Shampoo(BucketedOptimizer):
         _check(group["root"] > 0.0, f"Shampoo: invalid root={group['root']!r} (must be > 0)")
         check_positive_int(group, "start_preconditioning_step", "Shampoo")
         check_positive_int(group, "max_preconditioner_dim", "Shampoo")
-        check_bools(group, ("merge_dims", "precondition_1d", "foreach"), "Shampoo")
+        check_bools(group, ("merge_dims", "precondition_1d", "foreach", "blocking"), "Shampoo")
 
     def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:
         plan = self._plan(p, group)
         mpd = group["max_preconditioner_dim"]
         if len(plan.shape) == 1:
             return Layout(plan, (group["precondition_1d"] and plan.shape[0] <= mpd,))
+        m = plan.shape[0]
+        if group["blocking"] and len(plan.shape) == 2 and m > mpd:
+            size = block_size(m, mpd)
+            if size is not None:
+                block = ShapePlan((size, plan.shape[1]), None, (size, plan.shape[1]))
+                return Layout(block, (True, plan.shape[1] <= mpd), blocks=m // size, full=plan)
         return Layout(plan, tuple(d <= mpd for d in plan.shape))
 
     def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:

@@ -298,3 +298,35 @@ def test_muon_matches_torch_muon():
         # Newton-Schulz runs in bf16: batched and single matmuls round differently, by far
         # less than the distance the parameters moved.
         assert (pa - pb).abs().max() < 0.02 * (pb - x0).abs().max()
+
+
+def test_blocked_vocabulary_matrix_equals_its_blocks_as_separate_parameters():
+    """A first dimension above max_preconditioner_dim is cut into equal row blocks, each
+    with its own factors, roots and grafting norm (DistributedShampoo's blocking)."""
+    from soap.shampoo import block_size
+
+    assert block_size(32100, 1024) == 642 and block_size(4096, 1024) == 1024
+    assert block_size(300, 64) == 60 and block_size(1031, 64) is None  # a prime: identity
+    gen = torch.Generator().manual_seed(0)
+    whole = torch.randn(40, 6, generator=gen).requires_grad_()
+    parts = [whole.detach()[i * 10 : (i + 1) * 10].clone().requires_grad_() for i in range(4)]
+    kw = dict(
+        lr=1e-2, precondition_frequency=2, start_preconditioning_step=2, max_preconditioner_dim=10
+    )
+    o_whole, o_parts = Shampoo([whole], **kw), Shampoo(parts, **kw)
+    for _ in range(7):
+        g = torch.randn(40, 6, generator=gen)
+        whole.grad = g
+        for i, p in enumerate(parts):
+            p.grad = g[i * 10 : (i + 1) * 10].clone()
+        o_whole.step()
+        o_parts.step()
+    torch.testing.assert_close(
+        whole.detach(), torch.cat([p.detach() for p in parts]), rtol=1e-5, atol=1e-6
+    )
+    assert o_whole.state[whole]["factor_0"].shape == (4, 10, 10)
+    # The state round-trips like any other.
+    sd = copy.deepcopy(o_whole.state_dict())
+    again = Shampoo([whole.detach().clone().requires_grad_()], **kw)
+    again.load_state_dict(sd)
+    assert again.state[again.param_groups[0]["params"][0]]["root_0"].shape == (4, 10, 10)

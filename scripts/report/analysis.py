@@ -280,7 +280,34 @@ def compare(
                 row.fit_seconds = row.fit_steps * sps if sps is not None else None
         rows.append(row)
     _savings(rows, baseline)
-    return Comparison(name, target, baseline, rows, sweep, runs, notes)
+    c = Comparison(name, target, baseline, rows, sweep, runs, notes)
+    c.notes += regime_checks(c)
+    return c
+
+
+def regime_checks(c: Comparison) -> list[str]:
+    """The demo's criteria, checked on every comparison: each best LR is interior to its
+    sweep, and no eval loss of a best-LR run rises above that run's first evaluation."""
+    out = []
+    for r in c.rows:
+        if not r.compared:
+            continue
+        lrs = sorted(c.sweep.get(r.optimizer, {}))
+        if len(lrs) >= 3 and r.best_lr in (lrs[0], lrs[-1]):
+            out.append(
+                f"{r.optimizer}: the best LR {r.best_lr:g} is at the edge of its sweep "
+                f"({lrs[0]:g} ... {lrs[-1]:g}): extend the sweep"
+            )
+        elif len(lrs) < 3:
+            out.append(f"{r.optimizer}: {len(lrs)} learning rate(s) swept: the best is not shown interior")
+        for run in c.best_runs(r.optimizer):
+            h = [e.eval_loss for e in run.eval_history]
+            if len(h) > 1 and max(h[1:]) > h[0]:
+                out.append(
+                    f"{r.optimizer} seed {run.seed}: eval loss rose to {max(h[1:]):.3f}, above its "
+                    f"first evaluation {h[0]:.3f}"
+                )
+    return out
 
 
 def _savings(rows: list[Row], baseline: str) -> None:
