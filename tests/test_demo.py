@@ -15,11 +15,14 @@ def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
     assert main(["--quick", "--out", str(out), f"cache_dir={cache_dir}"]) == 0
     printed = capsys.readouterr().out
     assert "| soap |" in printed and "| adamw |" in printed and "| shampoo |" in printed
+    assert "adamw's final loss" in printed  # a verdict line per optimizer
     report = out / "report"
     assert (report / "report.md").exists() and (report / "dashboard" / "index.html").exists()
     assert (report / "fits.png").exists() and (report / "summary.csv").exists()
-    fractions = {p.name for p in (out / "soap").iterdir()}
-    assert any("frac0.5" in f for f in fractions) and any("frac0.75" in f for f in fractions)
+    for opt in ("adamw", "shampoo", "soap"):  # every optimizer: a second seed and a fraction
+        runs = {p.name for p in (out / opt).iterdir()}
+        assert any(r.endswith("frac1_seed1") for r in runs), runs
+        assert any("frac0.5_seed0" in r for r in runs), runs
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")

@@ -299,7 +299,9 @@ def regime_checks(c: Comparison) -> list[str]:
                 f"({lrs[0]:g} ... {lrs[-1]:g}): extend the sweep"
             )
         elif len(lrs) < 3:
-            out.append(f"{r.optimizer}: {len(lrs)} learning rate(s) swept: the best is not shown interior")
+            out.append(
+                f"{r.optimizer}: {len(lrs)} learning rate(s) swept: the best is not shown interior"
+            )
         for run in c.best_runs(r.optimizer):
             h = [e.eval_loss for e in run.eval_history]
             if len(h) > 1 and max(h[1:]) > h[0]:
