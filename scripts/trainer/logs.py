@@ -84,7 +84,7 @@ class Progress:
         self.desc, self.total, self.tokens_per_step = desc, total, tokens_per_step
         self.tty = sys.stdout.isatty()
         self.seconds = seconds
-        self._last = 0.0
+        self._last = -float("inf")  # the first step always prints
         self._bar = None
         if self.tty:
             from tqdm.auto import tqdm
