@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all lint format bench-optim bench-data demo demo-quick reproduce rehearsal report clean
+.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data demo demo-quick reproduce rehearsal report clean
 
 install: $(VENV)/.installed
 
@@ -35,11 +35,17 @@ format: install
 bench-optim: install
 	$(PY) -m scripts.bench_optimizer
 
+bench-dist: install
+	$(PY) -m scripts.bench_optimizer --procs 1 2 --only soap shampoo muon
+
+bench-loss: install
+	$(PY) -m scripts.bench_loss
+
 bench-data: install
 	$(PY) -m scripts.bench_data
 
 demo: install
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo --report-out results/demo
 
 demo-quick: install
 	$(PY) -m scripts.demo --quick --out results/runs/demo-quick

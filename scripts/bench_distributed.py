@@ -5,8 +5,9 @@ Every process builds the same GPT-shaped parameters and gradients (as after DDP'
 all-reduce), steps the optimizer in its distributed mode (owner computes, one all-gather) and
 reports, per rank: the step time (the slowest rank's, device synchronised, processes started
 together by a barrier), the optimizer state it holds and the bytes it sent and received.
-``--procs 1`` runs the same code in one process. On CPU each process gets one thread
-(``OMP_NUM_THREADS=1``), so N processes use N cores against one core for one process.
+``--procs 1`` runs the same code in one process. On CPU (gloo) each process gets one thread
+(``OMP_NUM_THREADS=1``), so N processes use N cores against one core for one process; with
+``--device cuda`` (NCCL) each process drives the GPU of its ``LOCAL_RANK``.
 """
 
 from __future__ import annotations
@@ -31,15 +32,25 @@ PORT = 29651
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False
     if "RANK" in os.environ:
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.set_num_threads(1)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     spec = SHAPE_SETS[args.shapes]
     shapes = [s for _, s in gpt_shapes(spec["d"], spec["d_ff"], spec["layers"], spec["vocab"])]
     gen = torch.Generator().manual_seed(0)
-    init = [torch.randn(*s, generator=gen) * 0.02 for s in shapes]
-    grads = [torch.randn(*s, generator=gen) for s in shapes]
+    init = [(torch.randn(*s, generator=gen) * 0.02).to(device) for s in shapes]
+    grads = [torch.randn(*s, generator=gen).to(device) for s in shapes]
     makers = ours(args.freq, args.max_dim)
     makers["muon"] = _muon
     results = {}
@@ -50,10 +61,12 @@ def worker(args: argparse.Namespace) -> None:
         for _ in range(args.warmup + args.steps):
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
+            sync()
             if dist.is_initialized():
                 dist.barrier()
             t = time.perf_counter()
             opt.step()
+            sync()
             times.append(time.perf_counter() - t)
         from soap import optimizer_state_bytes
 
@@ -93,6 +106,8 @@ def launch(n: int, args: argparse.Namespace, out: Path) -> list[dict]:
         str(args.freq),
         "--max-dim",
         str(args.max_dim),
+        "--device",
+        args.device,
         "--out",
         str(out),
         "--only",
@@ -133,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"distributed optimizer step, shapes {args.shapes} {SHAPE_SETS[args.shapes]}, one thread "
         f"per process, {args.warmup} warm-up + {args.steps} timed steps, precondition_frequency "
-        f"{args.freq}; torch {torch.__version__}; processes {procs}",
+        f"{args.freq}; device {args.device}; torch {torch.__version__}; processes {procs}",
         flush=True,
     )
     res = {}
@@ -167,6 +182,7 @@ if __name__ == "__main__":
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--freq", type=int, default=10)
     ap.add_argument("--max-dim", type=int, default=10000)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", nargs="*", default=["soap"])
     worker(ap.parse_args())

@@ -6,11 +6,11 @@ and builds any of adamw / soap / shampoo / muon or an optimizer given by import 
 package imports torch alone.
 """
 
-from ._base import NonFiniteGradientError
 from .factory import build_optimizer, optimizer_state_bytes, resolve_optimizer_class
 from .grouping import classify, param_groups
 from .hybrid import ChainedOptimizer, MuonAdamW
 from .muon import Muon
+from .nonfinite import NonFiniteGradientError
 from .shampoo import Shampoo
 from .soap import SOAP
 

@@ -39,20 +39,14 @@ from torch.optim import Optimizer
 
 from . import functional as F
 from .layout import STEP, Layout, ShapePlan, plan_shape, to_working
+from .nonfinite import (
+    finite_flags,
+    host_all_finite,
+    raise_on_nonfinite,
+)
 
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
 _REFERENCE_KEYS = ("GG", "Q")  # state entries of the public reference SOAP
-
-
-class NonFiniteGradientError(RuntimeError):
-    """A parameter received a NaN or infinite gradient."""
-
-
-def _finite_flags(tensors: list[Tensor]) -> Tensor:
-    """Per tensor: is every entry finite? A NaN or inf entry makes the sum non-finite, and a
-    sum reads the tensor once at full memory speed (an inf-norm is ~15x slower on CPU). A
-    finite gradient whose fp32 sum overflows (entries around 1e30) counts as non-finite."""
-    return torch.isfinite(torch.stack([t.sum() for t in tensors]))
 
 
 def is_dtensor(t: Tensor) -> bool:
@@ -216,7 +210,7 @@ class BucketedOptimizer(Optimizer):
             grad = self._working_grad(b, gs)
             keep = None
             if group["nonfinite_grad"] == "skip" and not host_ok:
-                ok = _finite_flags(gs)
+                ok = finite_flags(gs)
                 self._count_skipped(ok)
                 ok = ok.expand(grad.shape[0])  # a blocked parameter's blocks share its flag
                 keep = ok.to(torch.float32).view(-1, *([1] * (grad.dim() - 1)))
@@ -234,28 +228,11 @@ class BucketedOptimizer(Optimizer):
     def _raise_on_nonfinite(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
         """``nonfinite_grad='raise'``: one host check of these (parameter, gradient) pairs."""
         mode = {id(p): g["nonfinite_grad"] for g in self.param_groups for p in g["params"]}
-        checked = [(p, g) for p, g in pairs if mode[id(p)] == "raise"]
-        if not checked:
-            return
-        flags = _finite_flags([g for _, g in checked])
-        if bool(flags.all()):
-            return
-        bad = [p for (p, _), ok in zip(checked, flags.tolist(), strict=True) if not ok]
-        names = ", ".join(self._param_name(p) for p in bad)
-        raise NonFiniteGradientError(
-            f"{self._name}: non-finite gradient (NaN/inf) in {names}; optimizer state left "
-            "untouched. Lower the learning rate or enable gradient clipping, or use "
-            "nonfinite_grad='skip' to skip such updates."
+        raise_on_nonfinite(
+            [(p, g) for p, g in pairs if mode[id(p)] == "raise"], self._name, self._param_name
         )
 
-    @staticmethod
-    def _host_all_finite(grads: list[list[Tensor]]) -> bool:
-        """True when a free host check shows every gradient finite (CPU, eager): then no mask
-        is needed. Never reads a device value on an accelerator or under compile."""
-        gs = [g for bg in grads for g in bg]
-        if not gs or torch.compiler.is_compiling() or any(g.device.type != "cpu" for g in gs):
-            return False
-        return bool(_finite_flags(gs).all())
+    _host_all_finite = staticmethod(host_all_finite)
 
     def _count_skipped(self, ok: Tensor) -> None:
         bad = (~ok).sum()

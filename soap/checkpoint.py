@@ -10,13 +10,24 @@ same whatever the number of ranks, so ``torch.distributed.checkpoint`` writes ev
 part (no gather) and reshards on load (``scripts/trainer/state.py`` does this; so can user
 code). Works for any optimizer with torch's state layout, :class:`soap.ChainedOptimizer`, and
 ``DTensor`` state (FSDP2 + torch optimizers).
+
+For ``torch.distributed.checkpoint`` directly: :func:`dcp_state` (what to save),
+:func:`dcp_template` (what to load into, shapes read from the checkpoint's metadata) and
+:func:`load_dcp_state`; :func:`save` and :func:`load` do the whole round trip for an optimizer
+alone::
+
+    soap.checkpoint.save(opt, model, "ckpt/step-1000")  # every rank calls it
+    soap.checkpoint.load(opt, model, "ckpt/step-1000")  # any number of ranks
 """
 
 from __future__ import annotations
 
+import io
+import pickle
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -108,3 +119,68 @@ def load_named_state(opt: Optimizer, flat: Mapping[str, Any], names: Mapping[int
 def needed_names(opt: Optimizer, names: Mapping[int, str]) -> Iterable[str]:
     """Names of the parameters whose state this rank must read on resume."""
     return [names[id(p)] for p in owned(opt)]
+
+
+def dcp_state(opt: Optimizer, model: nn.Module) -> dict[str, Any]:
+    """:func:`named_state` ready for ``dcp.save``: the hyperparameters (a list of dicts) go as
+    one opaque entry rather than being flattened."""
+    flat = named_state(opt, param_names(model))
+    flat[GROUPS] = io.BytesIO(pickle.dumps(flat[GROUPS]))
+    return flat
+
+
+def dcp_template(
+    opt: Optimizer, model: nn.Module, metadata: Any, prefix: str = "optimizer"
+) -> dict[str, Any]:
+    """Tensors for ``dcp.load`` to read this rank's optimizer entries into (shapes from the
+    checkpoint's ``metadata``, as saved under ``prefix``): the optimizer's state is lazy, so a
+    fresh optimizer has nothing to load into. A ``DTensor`` parameter's state of the full
+    shape is read as a ``DTensor`` laid out like the parameter (resharding on load)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    names = param_names(model)
+    by_name = dict(model.named_parameters())
+    needed = set(needed_names(opt, names))
+    template: dict[str, Any] = {GROUPS: io.BytesIO()}
+    head = f"{prefix}."
+    for key, md in metadata.state_dict_metadata.items():
+        if not key.startswith(head) or key == head + GROUPS:
+            continue
+        entry = key[len(head) :]
+        pname = entry.rpartition("/")[0]
+        if pname not in needed:
+            continue
+        if isinstance(md, TensorStorageMetadata):
+            p = by_name[pname]
+            if type(p).__name__ == "DTensor" and tuple(md.size) == tuple(p.shape):
+                template[entry] = torch.zeros_like(p, dtype=md.properties.dtype)
+            else:
+                template[entry] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+        else:
+            template[entry] = None
+    return template
+
+
+def load_dcp_state(opt: Optimizer, model: nn.Module, loaded: dict[str, Any]) -> None:
+    """Put a :func:`dcp_template` filled by ``dcp.load`` into ``opt``."""
+    flat = dict(loaded)
+    flat[GROUPS] = pickle.loads(flat[GROUPS].getvalue())
+    load_named_state(opt, flat, param_names(model))
+
+
+def save(opt: Optimizer, model: nn.Module, checkpoint_id: str) -> None:
+    """Write ``opt``'s state with ``torch.distributed.checkpoint`` (every rank calls this and
+    writes its own part; no gather)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"optimizer": dcp_state(opt, model)}, checkpoint_id=checkpoint_id)
+
+
+def load(opt: Optimizer, model: nn.Module, checkpoint_id: str) -> None:
+    """Read what :func:`save` wrote, with any number of ranks, into ``opt``."""
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(checkpoint_id).read_metadata()
+    states = {"optimizer": dcp_template(opt, model, metadata)}
+    dcp.load(states, checkpoint_id=checkpoint_id)
+    load_dcp_state(opt, model, states["optimizer"])

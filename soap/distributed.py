@@ -168,7 +168,7 @@ class Distribution:
         if error is not None:
             raise error
         if flag.item():
-            from ._base import NonFiniteGradientError
+            from .nonfinite import NonFiniteGradientError
 
             raise NonFiniteGradientError(
                 f"{opt._name}: non-finite gradient (NaN/inf) in a parameter owned by another "

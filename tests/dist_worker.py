@@ -118,6 +118,36 @@ def independent_models_are_refused(out: Path) -> None:
     (out / f"mismatch.rank{rank}.txt").write_text(msg)
 
 
+def checkpoint_case(out: Path, phase: str) -> None:
+    """``save`` (any world size): 5 steps, ``soap.checkpoint.save``, 5 more; ``load`` (any
+    world size): the step-5 parameters, a fresh optimizer, ``soap.checkpoint.load``, the last
+    5 steps. Both write their final parameters."""
+    import soap.checkpoint
+
+    init, grads = data(SHAPES["mix"], torch.float32)
+    model = torch.nn.Module()
+    model.ps = torch.nn.ParameterList([torch.nn.Parameter(x.clone()) for x in init])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if phase == "load":
+        for p, x in zip(model.ps, torch.load(out / "ckpt_params5.pt"), strict=True):
+            p.data.copy_(x)
+    opt = SOAP(model.parameters(), lr=1e-2, precondition_frequency=3, max_precond_dim=64)
+    if phase == "load":
+        soap.checkpoint.load(opt, model, str(out / "ckpt"))
+    for i, gs in enumerate(grads):
+        if phase == "load" and i < 5:
+            continue
+        for p, g in zip(model.ps, gs, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        if phase == "save" and i == 4:
+            soap.checkpoint.save(opt, model, str(out / "ckpt"))
+            if rank == 0:
+                torch.save([p.detach().clone() for p in model.ps], out / "ckpt_params5.pt")
+    if rank == 0:
+        torch.save([p.detach().clone() for p in model.ps], out / f"ckpt_{phase}_final.pt")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     modes = sys.argv[2].split(",")
@@ -127,6 +157,10 @@ def main() -> None:
     if "mismatch" in modes:
         independent_models_are_refused(out)
         modes.remove("mismatch")
+    for phase in ("save", "load"):
+        if f"ckpt_{phase}" in modes:
+            checkpoint_case(out, phase)
+            modes.remove(f"ckpt_{phase}")
     for mode in modes:
         for dtype in (torch.float32, torch.bfloat16):
             for name in CASES:

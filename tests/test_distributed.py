@@ -47,7 +47,7 @@ def results(tmp_path_factory):
     runs = {}
     for n, port in ((2, 29611), (4, 29613)):
         d = tmp_path_factory.mktemp(f"w{n}")
-        _torchrun(n, d, "ddp,fsdp,mismatch", port)
+        _torchrun(n, d, "ddp,fsdp,mismatch,ckpt_save", port)
         runs[n] = d
     return one, runs
 
@@ -115,3 +115,23 @@ def test_dtensor_with_distributed_off_is_refused_at_once(tmp_path):
             SOAP([{"params": [w], "param_names": ["w"]}], distributed="off")
     finally:
         dist.destroy_process_group()
+
+
+def test_user_checkpoint_written_by_2_processes_resumes_in_1(results):
+    """``soap.checkpoint.save``/``load`` outside the trainer: the state 2 owners wrote (each its
+    part) continues in one process to the same parameters as the 2-process run."""
+    _, runs = results
+    d = runs[2]
+    r = subprocess.run(
+        [sys.executable, WORKER, str(d), "ckpt_load"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    want = torch.load(d / "ckpt_save_final.pt")
+    got = torch.load(d / "ckpt_load_final.pt")
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

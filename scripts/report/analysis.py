@@ -13,8 +13,9 @@ Two measures (terms as in :mod:`scripts.clock`):
    reported as such, never extrapolated.
 
 Each optimizer is compared at its best learning rate (:func:`scripts.measures.best_lr` over
-full-length runs). The default target is the baseline's (AdamW's) final eval loss at full
-length, as in the paper. Crashed, diverged and never-reaching runs count as "not reached"
+full-length runs of the seeds every LR shares, i.e. the sweep's). The default target is the
+baseline's (AdamW's) final eval loss at full length (mean over its seeds at its best LR), as
+in the paper. Crashed, diverged and never-reaching runs count as "not reached"
 (infinite), never dropped.
 """
 
@@ -53,6 +54,24 @@ class Fit:
 
 def power_law(n: np.ndarray, a: float, b: float, beta: float) -> np.ndarray:
     return a + b * np.power(n, -beta)
+
+
+def _shape_evidence(pts: list[tuple[float, float]]) -> str:
+    """Why no power law fits, from the data: ``a + b N^-beta`` (b, beta > 0) is convex, so
+    its loss drop per iteration shrinks as N grows; say so when the measured drop grows."""
+    by_n: dict[float, list[float]] = {}
+    for n, x in pts:
+        by_n.setdefault(n, []).append(x)
+    ns = sorted(by_n)
+    means = [statistics.fmean(by_n[n]) for n in ns]
+    rates = [(means[i] - means[i + 1]) / (ns[i + 1] - ns[i]) for i in range(len(ns) - 1)]
+    if len(rates) < 2 or all(r1 <= r0 for r0, r1 in zip(rates, rates[1:], strict=False)):
+        return ""
+    steps = ", ".join(f"{r:.4f} ({ns[i]:g}->{ns[i + 1]:g})" for i, r in enumerate(rates))
+    return (
+        f"; loss drop per iteration grows with the run length: {steps}, where any "
+        "a + b N^-beta shrinks"
+    )
 
 
 def fit_power_law(steps: list[float], losses: list[float | None]) -> Fit:
@@ -95,7 +114,7 @@ def fit_power_law(steps: list[float], losses: list[float | None]) -> Fit:
             False,
             pts,
             f"no valid fit ({', '.join(at_bound)} at its bound: these losses do not follow "
-            "a + b N^-beta)",
+            f"a + b N^-beta){_shape_evidence(pts)}",
             float(a),
             float(b),
             float(beta),
@@ -231,15 +250,29 @@ def _final(r: Run) -> float | None:
     return r.final_eval_loss if r.completed else None
 
 
+def _like_with_like(full: list[Run]) -> list[Run]:
+    """The full-length runs the best LR is chosen from: only the seeds that every swept LR
+    has (the sweep's seed), when there are any. Extra seeds run at the winner alone would
+    otherwise put a mean over several seeds against single runs of the other LRs, and the
+    winner's expected regression to the mean could hand the choice to a runner-up that was
+    never re-run. The extra seeds still give the best LR's interval."""
+    seeds: dict[float, set[int]] = {}
+    for r in full:
+        seeds.setdefault(r.lr, set()).add(r.seed)
+    common = set.intersection(*seeds.values()) if seeds else set()
+    return [r for r in full if r.seed in common] if common else full
+
+
 def compare(
     name: str, runs: list[Run], target: float | None, baseline: str = "adamw"
 ) -> Comparison:
     optimizers = sorted({r.optimizer for r in runs})
     sweep, best = {}, {}
     for opt in optimizers:
-        full = [
+        full_all = [
             r for r in runs if r.optimizer == opt and r.fraction == 1.0 and main_frequency(r, runs)
         ]
+        full = _like_with_like(full_all)
         by_lr: dict[float, list[float]] = {}
         for r in full:
             f = _final(r)
@@ -247,8 +280,12 @@ def compare(
         sweep[opt] = {lr: statistics.fmean(v) for lr, v in sorted(by_lr.items())}
         found = best_lr((r.lr, _final(r)) for r in full)
         if found is not None:
-            best[opt] = found
+            # the mean over every seed of the chosen LR (the sweep's value is the selected,
+            # hence optimistically biased, one)
+            at_best = [r for r in full_all if r.lr == found[0]]
+            best[opt] = found[0], best_lr((r.lr, _final(r)) for r in at_best)[1]
     notes = []
+    own_target = target is None  # the baseline's own final loss, as in the paper
     if target is None:
         if baseline in best and math.isfinite(best[baseline][1]):
             target = best[baseline][1]
@@ -268,8 +305,14 @@ def compare(
             vals = [getattr(r, k) for r in mine if getattr(r, k) is not None]
             row.cost[k] = statistics.fmean(vals) if vals else None
         if target is not None:
-            hist = [[vars(e) for e in r.eval_history] if r.completed else [] for r in full]
-            cross = [crossing(h, target) for h in hist]
+            if own_target and opt == baseline:
+                # The baseline reaches its own (mean) final loss at the end of its run, by
+                # definition; a seed's curve crossing that mean earlier or never is seed noise
+                # in the target, not in the baseline's length.
+                cross = [(float(r.steps), r.train_seconds) for r in full]
+            else:
+                hist = [[vars(e) for e in r.eval_history] if r.completed else [] for r in full]
+                cross = [crossing(h, target) for h in hist]
             row.cross_steps = Interval([c[0] for c in cross])
             row.cross_seconds = Interval([c[1] for c in cross])
             done = [r for r in mine if r.completed]
@@ -309,6 +352,11 @@ def regime_checks(c: Comparison) -> list[str]:
                     f"{r.optimizer} seed {run.seed}: eval loss rose to {max(h[1:]):.3f}, above its "
                     f"first evaluation {h[0]:.3f}"
                 )
+    if not out and any(r.compared for r in c.rows):
+        out.append(
+            "regime criteria met: every best LR is interior to its sweep, and no eval loss of "
+            "a best-LR run rose above its first evaluation"
+        )
     return out
 
 

@@ -62,12 +62,14 @@ def _mb(v: float | None) -> str:
 
 
 def has_fits(c: Comparison) -> bool:
-    return any(r.fit is not None and r.fit.ok for r in c.rows)
+    """A fit saving exists: the baseline and at least one other optimizer fit validly."""
+    ok = {r.optimizer for r in c.rows if r.fit is not None and r.fit.ok}
+    return c.baseline in ok and len(ok) > 1
 
 
 def headline(c: Comparison) -> Table:
     """The compact headline (<= 8 columns): crossing measures vs the baseline; the fit's
-    iterations only when some optimizer has a valid fit."""
+    iterations only when a fit saving exists (valid fits for the baseline and another)."""
     b = c.baseline
     header = ["optimizer", "best lr", "final loss", "iterations to target", f"vs {b}"]
     header += ["wall-clock s to target", f"vs {b}"]

@@ -73,7 +73,9 @@ def write_report(
     md += [
         "Terms: an iteration is one optimizer step; wall-clock is training time only (device "
         "synchronised, eval/checkpoint/warm-up excluded); the target is an eval loss (default: "
-        "the baseline's final eval loss at full length, at its best LR). Savings are "
+        "the baseline's mean final eval loss over its seeds at full length, at its best LR, which "
+        "it reaches by definition at its last iteration; the best LR is chosen on the sweep's "
+        "seed, so that every LR is compared like with like). Savings are "
         "1 - mine/baseline; intervals are mean ± sample standard deviation over seeds; * marks "
         "a significant saving (intervals do not overlap); 'not reached' counts as infinite.",
         "",
@@ -100,7 +102,9 @@ def write_report(
             pngs.append((f"{c.name}: {f.title}", png))
         md.append("")
         divs = [plots.to_plotly_div(f, f"{c.name}-{f.key}".replace("/", "-")) for f in figs]
-        sections.append((c.name, verdicts[c.name], main, details, divs))
+        sections.append(
+            (c.name, [*verdicts[c.name], *(f"note: {n}" for n in c.notes)], main, details, divs)
+        )
     (out / "report.md").write_text("\n".join(md))
     df = pd.DataFrame([{"run_dir": str(r.run_dir)} | _flat(r.record.to_dict()) for r in runs])
     df.to_csv(out / "summary.csv", index=False)

@@ -10,7 +10,7 @@ checkpoints are removed, so a kill at any moment leaves the previous checkpoint 
 ``states``:
 
 * ``model``: ``get_model_state_dict`` (plain tensors, or FSDP2's ``DTensor`` shards);
-* ``optimizer``: :func:`soap.checkpoint.named_state` - state keyed by parameter name, each
+* ``optimizer``: :func:`soap.checkpoint.dcp_state` - state keyed by parameter name, each
   rank writing the parameters it owns (the distributed SOAP/Shampoo/Muon) or everything
   (replicated optimizers; DCP writes one copy). FSDP2 with a torch optimizer (``DTensor``
   state) reshards like the model;
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soap.checkpoint import GROUPS, load_named_state, named_state, needed_names, param_names
+from soap.checkpoint import dcp_state, dcp_template, load_dcp_state
 
 DIR, LATEST = "checkpoints", "latest"
 
@@ -128,11 +128,9 @@ def save(run: Any) -> Path:
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    optimizer = named_state(run.optimizer, param_names(run.raw_model))
-    optimizer[GROUPS] = _blob(optimizer[GROUPS])  # a list: one opaque entry, not flattened
     states: dict[str, Any] = {
         "model": get_model_state_dict(run.model),
-        "optimizer": optimizer,
+        "optimizer": dcp_state(run.optimizer, run.raw_model),
         "trainer": _blob(_trainer_state(run)),
     }
     if run.loader.per_rank_state:
@@ -153,31 +151,6 @@ def save(run: Any) -> Path:
     return final
 
 
-def _optimizer_template(run: Any, metadata: Any, names: dict[int, str]) -> dict[str, Any]:
-    """Tensors to read the optimizer entries this rank needs into (shapes from the file)."""
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    by_name = {n: p for n, p in run.raw_model.named_parameters()}
-    needed = set(needed_names(run.optimizer, names))
-    template: dict[str, Any] = {GROUPS: io.BytesIO()}
-    for key, md in metadata.state_dict_metadata.items():
-        if not key.startswith("optimizer.") or key == f"optimizer.{GROUPS}":
-            continue
-        entry = key[len("optimizer.") :]
-        pname = entry.rpartition("/")[0]
-        if pname not in needed:
-            continue
-        if isinstance(md, TensorStorageMetadata):
-            p = by_name[pname]
-            if type(p).__name__ == "DTensor" and tuple(md.size) == tuple(p.shape):
-                template[entry] = torch.zeros_like(p, dtype=md.properties.dtype)
-            else:
-                template[entry] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
-        else:
-            template[entry] = None
-    return template
-
-
 def restore(run: Any, path: Path) -> None:
     """Load ``path`` into the run (every rank takes part); any number of ranks may have
     written it (the model and the optimizer state reshard)."""
@@ -187,11 +160,10 @@ def restore(run: Any, path: Path) -> None:
     try:
         reader = dcp.FileSystemReader(str(path))
         metadata = reader.read_metadata()
-        names = param_names(run.raw_model)
         rank_key = f"loader.rank{run.accelerator.process_index}"
         states: dict[str, Any] = {
             "model": get_model_state_dict(run.model),
-            "optimizer": _optimizer_template(run, metadata, names),
+            "optimizer": dcp_template(run.optimizer, run.raw_model, metadata),
             "trainer": io.BytesIO(),
         }
         per_rank = run.loader.per_rank_state
@@ -213,9 +185,7 @@ def restore(run: Any, path: Path) -> None:
             "move it away and rerun, or use resume=never with a new run_dir"
         ) from None
     set_model_state_dict(run.model, states["model"])
-    opt_states = states["optimizer"]
-    opt_states[GROUPS] = _unblob(opt_states[GROUPS])
-    load_named_state(run.optimizer, opt_states, names)
+    load_dcp_state(run.optimizer, run.raw_model, states["optimizer"])
     _load_trainer_state(run, _unblob(states["trainer"]))
     if per_rank:
         run.loader.load_state_dict(_unblob(states[rank_key]))
