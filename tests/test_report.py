@@ -336,6 +336,15 @@ def test_best_lr_compares_the_sweep_seed_not_extra_seeds_of_the_winner(tmp_path)
     # Seeds 1 and 2 end above the mean and never "cross" it: the baseline still reaches its
     # own final loss at its last iteration, by definition.
     assert row.cross_steps.values == [100.0, 100.0, 100.0]
+    # ... so a saving against it is significant only when the final losses (same length) are
+    # apart: SOAP's crossings (50 +- 0) are far from 100 +- 0, but its final losses overlap
+    # AdamW's, so the saving is not significant.
+    for seed, final in ((0, 6.20), (1, 6.25), (2, 6.30)):
+        h = [{"step": 50, "eval_loss": 6.27, "train_seconds": 50.0}, *hist(final)]
+        make_run(tmp_path, "soap", 1e-2, 1.0, h, seed=seed)
+    c = _comparison(load_runs(tmp_path), target=None)
+    saving = c.row("soap").savings["cross_steps_vs_adamw"]
+    assert saving.value == pytest.approx(0.5) and saving.significant is False
 
 
 def test_losses_that_no_power_law_fits_are_flagged_not_extrapolated():
