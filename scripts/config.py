@@ -116,6 +116,8 @@ class ShampooConfig(_Call):
     start_preconditioning_step: int | None = None
     root: float = 2.5
     max_preconditioner_dim: int = 10000
+    blocking: bool = True
+    block_size: int = 1024
     precondition_1d: bool = True
     graft_eps: float = 1.0e-8
     nonfinite_grad: str = "skip"

@@ -159,6 +159,9 @@ class BucketedOptimizer(Optimizer):
                     "into the reference class, or start soap.SOAP from fresh state"
                 )
         super().load_state_dict(state_dict)
+        for g in self.param_groups:  # hyperparameters added since the state dict was written
+            for k, v in self.defaults.items():
+                g.setdefault(k, v)
         saved = state_dict["state"]
         params = [p for g in self.param_groups for p in g["params"]]
         for idx, p in enumerate(params):

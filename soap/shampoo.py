@@ -48,8 +48,8 @@ __all__ = ["Shampoo"]
 
 def block_size(m: int, max_dim: int) -> int | None:
     """Rows per block when a first dimension ``m > max_dim`` is cut into equal blocks: the
-    largest divisor of ``m`` not above ``max_dim`` (32100 -> 50 blocks of 642; 4096 -> 4 of
-    1024), or None when only tiny blocks divide it (below ``max_dim / 8``: the identity is
+    largest divisor of ``m`` not above ``max_dim`` (with 1024: 32100 -> 50 blocks of 642;
+    4096 -> 4 of 1024), or None when only tiny blocks divide it (below ``max_dim / 8``: the identity is
     used for that dimension instead)."""
     for size in range(max_dim, max(1, max_dim // 8) - 1, -1):
         if m % size == 0:
@@ -85,6 +85,10 @@ class Shampoo(BucketedOptimizer):
         blocking: cut too-large first dimensions into blocks (default) rather than use the
             identity (one-sided Shampoo, which with per-tensor grafting destabilises
             vocabulary matrices: the grafted norm concentrates on frequent tokens' rows).
+        block_size: the most rows per block (also capped by ``max_preconditioner_dim``);
+            DistributedShampoo's default block is 1024. Without this cap a 32100-row
+            vocabulary with ``max_preconditioner_dim=10000`` would get 4 blocks of 8025 rows,
+            whose 8025^2 factors cost minutes of eigh per refresh.
         merge_dims: merge adjacent small dimensions (as in SOAP).
         precondition_1d: give 1-D tensors a factor (the paper preconditions them too).
         graft_eps: epsilon of the grafting Adam.
@@ -107,6 +111,7 @@ class Shampoo(BucketedOptimizer):
         max_preconditioner_dim: int = 10000,
         merge_dims: bool = False,
         blocking: bool = True,
+        block_size: int = 1024,
         precondition_1d: bool = True,
         graft_eps: float = 1e-8,
         data_format: str = "channels_first",
@@ -128,6 +133,7 @@ class Shampoo(BucketedOptimizer):
             max_preconditioner_dim=max_preconditioner_dim,
             merge_dims=merge_dims,
             blocking=blocking,
+            block_size=block_size,
             precondition_1d=precondition_1d,
             graft_eps=graft_eps,
             data_format=data_format,
@@ -149,6 +155,7 @@ class Shampoo(BucketedOptimizer):
         _check(group["root"] > 0.0, f"Shampoo: invalid root={group['root']!r} (must be > 0)")
         check_positive_int(group, "start_preconditioning_step", "Shampoo")
         check_positive_int(group, "max_preconditioner_dim", "Shampoo")
+        check_positive_int(group, "block_size", "Shampoo")
         check_bools(group, ("merge_dims", "precondition_1d", "foreach", "blocking"), "Shampoo")
 
     def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:
@@ -158,7 +165,7 @@ class Shampoo(BucketedOptimizer):
             return Layout(plan, (group["precondition_1d"] and plan.shape[0] <= mpd,))
         m = plan.shape[0]
         if group["blocking"] and len(plan.shape) == 2 and m > mpd:
-            size = block_size(m, mpd)
+            size = block_size(m, min(mpd, group["block_size"]))
             if size is not None:
                 block = ShapePlan((size, plan.shape[1]), None, (size, plan.shape[1]))
                 return Layout(block, (True, plan.shape[1] <= mpd), blocks=m // size, full=plan)

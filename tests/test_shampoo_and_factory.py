@@ -330,3 +330,15 @@ def test_blocked_vocabulary_matrix_equals_its_blocks_as_separate_parameters():
     again = Shampoo([whole.detach().clone().requires_grad_()], **kw)
     again.load_state_dict(sd)
     assert again.state[again.param_groups[0]["params"][0]]["root_0"].shape == (4, 10, 10)
+    # A state dict written before block_size existed still loads (defaults fill the gap).
+    del sd["param_groups"][0]["block_size"]
+    again.load_state_dict(sd)
+    assert again.param_groups[0]["block_size"] == 1024
+    # block_size caps the rows per block below max_preconditioner_dim (32100 rows with
+    # max_preconditioner_dim=10000 would otherwise get 8025-row blocks): 40 rows, max 30,
+    # block_size 10 -> 4 blocks of 10, not 2 of 20.
+    w = torch.randn(40, 6, generator=gen).requires_grad_()
+    capped = Shampoo([w], max_preconditioner_dim=30, block_size=10)
+    w.grad = torch.randn(40, 6, generator=gen)
+    capped.step()
+    assert capped.state[w]["factor_0"].shape == (4, 10, 10)

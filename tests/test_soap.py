@@ -544,3 +544,30 @@ def test_refresh_reexpresses_first_moment_exactly(shape):
     torch.testing.assert_close(buf["exp_avg"], expected, rtol=1e-4, atol=1e-5)
     for q in bases:  # still orthonormal
         torch.testing.assert_close(q[0].mT @ q[0], torch.eye(q.shape[-1]), atol=1e-4, rtol=0)
+
+
+def test_add_param_group_mid_training_equals_separate_optimizers():
+    """A group added after some steps starts its own lazy state; the old group goes on as if
+    nothing happened (the bucket plan is rebuilt)."""
+    gen = torch.Generator().manual_seed(0)
+    a0, b0 = torch.randn(6, 5, generator=gen), torch.randn(4, 4, generator=gen)
+    grads = [(torch.randn(6, 5, generator=gen), torch.randn(4, 4, generator=gen)) for _ in range(5)]
+    kw = dict(lr=1e-2, precondition_frequency=2)
+    a, b = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+    opt = SOAP([a], **kw)
+    ra, rb = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+    opt_a, opt_b = SOAP([ra], **kw), SOAP([rb], **kw)
+    for i, (ga, gb) in enumerate(grads):
+        if i == 2:
+            opt.add_param_group({"params": [b], "lr": 2e-2})
+            opt_b.param_groups[0]["lr"] = 2e-2
+        a.grad, ra.grad = ga.clone(), ga.clone()
+        opt_a.step()
+        if i >= 2:
+            b.grad, rb.grad = gb.clone(), gb.clone()
+            opt_b.step()
+        opt.step()
+    torch.testing.assert_close(a, ra, rtol=0, atol=0)
+    torch.testing.assert_close(b, rb, rtol=0, atol=0)
+    # 3 steps taken; the first only builds the bases (reference semantics), so step == 2
+    assert opt.state[b]["step"] == 2 and not torch.equal(b.detach(), b0)
