@@ -50,6 +50,7 @@ class TrainConfig:
     max_bad_steps: int = 0  # non-finite losses/gradients tolerated (skipped) before stopping
     compile: str = "auto"  # auto: compile the decoder layers on CUDA; true | false
     fsdp: bool = False  # FSDP2 parameter sharding (DDP otherwise)
+    dist_timeout_s: int = 1800  # the longest any collective may wait (process group timeout)
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; no | bf16
     log_every: int = 1  # metrics lines (and non-TTY progress lines) every N iterations
     progress: bool = True

@@ -1,5 +1,6 @@
 """The trainer: learning, logs, resume after SIGKILL, signals, multi-process, faults, configs."""
 
+import os
 import re
 import shutil
 import signal
@@ -9,7 +10,16 @@ import time
 import pytest
 
 from scripts.trainer import ConfigError, grad_accum_steps, lr_lambda
-from tests.helpers import checkpoint, cli, kill_tree, metrics, run_inprocess, spawn, summary
+from tests.helpers import (
+    REPO,
+    checkpoint,
+    cli,
+    kill_tree,
+    metrics,
+    run_inprocess,
+    spawn,
+    summary,
+)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "muon"])
@@ -474,3 +484,38 @@ def test_stream_mode_resumes_after_sigkill_on_the_same_batches(tmp_path, cache_d
     a, b = metrics(ref), metrics(killed)
     assert [x["step"] for x in b] == list(range(1, 25))
     assert [x["loss"] for x in a] == [x["loss"] for x in b]
+
+
+SLOW_PREPARE = """
+import time
+import data.pipeline as pipeline
+
+_prepare = pipeline.prepare
+
+
+def _slow(*args, **kwargs):
+    time.sleep(12)  # a first tokenization of a large corpus, here longer than the timeout
+    return _prepare(*args, **kwargs)
+
+
+pipeline.prepare = _slow
+"""
+
+
+def test_first_two_process_run_outlasts_a_short_collective_timeout(tmp_path):
+    """Rank 0 prepares the data for longer than any collective may wait (5 s); rank 1 waits
+    for the manifest file, not in a barrier, so the first run still succeeds."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_PREPARE)
+    env = {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}"}
+    r = cli(
+        [*TWO, "regime.micro_batch=4", "train.dist_timeout_s=5", f"run_dir={tmp_path / 'run'}"],
+        tmp_path / "fresh_cache",  # nothing prepared yet
+        env=env,
+        launcher=_torchrun(29581),
+        timeout=400,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "waiting for rank 0 to prepare the data" in r.stderr
+    assert summary(tmp_path / "run")["status"] == "completed"

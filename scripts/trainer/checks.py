@@ -39,7 +39,14 @@ def validate(cfg: Any) -> None:
     _need(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be > 0")
     _need(t.tokens_per_param > 0, "train.tokens_per_param", t.tokens_per_param, "must be > 0")
     _need(0 < t.fraction <= 1, "train.fraction", t.fraction, "must be in (0, 1]")
-    for k in ("eval_every", "checkpoint_every", "eval_sequences", "eval_batch_size", "log_every"):
+    for k in (
+        "eval_every",
+        "checkpoint_every",
+        "eval_sequences",
+        "eval_batch_size",
+        "log_every",
+        "dist_timeout_s",
+    ):
         _need(t[k] > 0, f"train.{k}", t[k], "must be > 0")
     _need(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0")
     _need(t.z_loss >= 0, "train.z_loss", t.z_loss, "must be >= 0")

@@ -72,8 +72,18 @@ def accelerator(cfg: Any) -> Any:
             transformer_cls_names_to_wrap=DECODER_LAYERS,
             reshard_after_forward=True,
         )
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # Every collective waits at most this long; nothing slow (data preparation) happens inside
+    # one, so clusters may keep the timeout short and learn of a dead rank early.
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
     return Accelerator(
-        mixed_precision=mp, cpu=not torch.cuda.is_available(), fsdp_plugin=fsdp_plugin
+        mixed_precision=mp,
+        cpu=not torch.cuda.is_available(),
+        fsdp_plugin=fsdp_plugin,
+        kwargs_handlers=[timeout],
     )
 
 
