@@ -32,11 +32,9 @@ def _torchrun(n: int, out: Path, modes: str, port: int) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    one = tmp_path_factory.mktemp("one")
+def _one_process(out: Path, modes: str) -> None:
     r = subprocess.run(
-        [sys.executable, WORKER, str(one), "ddp"],
+        [sys.executable, WORKER, str(out), modes],
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -44,6 +42,12 @@ def results(tmp_path_factory):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    one = tmp_path_factory.mktemp("one")
+    _one_process(one, "ddp")
     runs = {}
     for n, port in ((2, 29611), (4, 29613)):
         d = tmp_path_factory.mktemp(f"w{n}")
@@ -122,15 +126,7 @@ def test_user_checkpoint_written_by_2_processes_resumes_in_1(results):
     part) continues in one process to the same parameters as the 2-process run."""
     _, runs = results
     d = runs[2]
-    r = subprocess.run(
-        [sys.executable, WORKER, str(d), "ckpt_load"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    _one_process(d, "ckpt_load")
     want = torch.load(d / "ckpt_save_final.pt")
     got = torch.load(d / "ckpt_load_final.pt")
     for a, b in zip(got, want, strict=True):
