@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,10 +71,12 @@ def worker(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - t)
         from soap import optimizer_state_bytes
 
+        comm = getattr(opt, "comm_bytes_per_step", 0)
         results[name] = {
             "ms": 1e3 * statistics.mean(times[args.warmup :]),
             "state_bytes": optimizer_state_bytes(opt),
-            "comm_bytes": getattr(opt, "comm_bytes_per_step", 0),
+            "comm_bytes": comm,
+            "gather_ms": _gather_alone_ms(comm, device, sync) if dist.is_initialized() else 0.0,
         }
     per_rank = [results]
     if dist.is_initialized():
@@ -82,6 +85,27 @@ def worker(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
     if rank == 0:
         Path(args.out).write_text(json.dumps(per_rank))
+
+
+def _gather_alone_ms(comm_bytes: int, device: torch.device, sync: Any) -> float:
+    """Median time of one flat fp32 all-gather moving the step's bytes, with nothing else
+    running: the communication's own cost, which overlap can hide only where it does not
+    compete with the computation for the same cores."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    n = max(1, comm_bytes // (2 * 4 * (world - 1)))  # elements each rank contributes
+    x = torch.zeros(n, device=device)
+    out = torch.empty(world * n, device=device)
+    times = []
+    for _ in range(7):
+        sync()
+        dist.barrier()
+        t = time.perf_counter()
+        dist.all_gather_into_tensor(out, x)
+        sync()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times[2:])
 
 
 def _muon(ps):
@@ -158,9 +182,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {n} process(es) done", flush=True)
     print(
         "| optimizer | processes | ms/step (slowest rank) | vs 1 process | state MiB per rank "
-        "(largest) | vs 1 process | MB sent+received per rank per step |"
+        "(largest) | vs 1 process | MB sent+received per rank per step | that all-gather "
+        "alone, ms |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in only:
         base = res[1][0][name]
         for n in procs:
@@ -168,9 +193,11 @@ def main(args: argparse.Namespace) -> int:
             ms = max(r["ms"] for r in ranks)
             state = max(r["state_bytes"] for r in ranks)
             comm = max(r["comm_bytes"] for r in ranks)
+            gather = max(r["gather_ms"] for r in ranks)
             print(
                 f"| {name} | {n} | {ms:.1f} | {ms / base['ms']:.2f}x | {state / 2**20:.1f} | "
-                f"{state / base['state_bytes']:.2f}x | {comm / 1e6:.1f} |"
+                f"{state / base['state_bytes']:.2f}x | {comm / 1e6:.1f} | "
+                f"{gather:.1f} |"
             )
     return 0
 
