@@ -93,6 +93,8 @@ def _gather_alone_ms(comm_bytes: int, device: torch.device, sync: Any) -> float:
     compete with the computation for the same cores."""
     import torch.distributed as dist
 
+    from soap.distributed import all_gather_flat  # the optimizer's own collective
+
     world = dist.get_world_size()
     n = max(1, comm_bytes // (2 * 4 * (world - 1)))  # elements each rank contributes
     x = torch.zeros(n, device=device)
@@ -102,7 +104,7 @@ def _gather_alone_ms(comm_bytes: int, device: torch.device, sync: Any) -> float:
         sync()
         dist.barrier()
         t = time.perf_counter()
-        dist.all_gather_into_tensor(out, x)
+        all_gather_flat(out, x, dist.group.WORLD)
         sync()
         times.append(time.perf_counter() - t)
     return 1e3 * statistics.median(times[2:])

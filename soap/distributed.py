@@ -186,7 +186,7 @@ class Distribution:
             else torch.zeros(2, dtype=torch.float64, device=dev)
         )
         out = torch.empty(self.world * stats.numel(), dtype=stats.dtype, device=stats.device)
-        _all_gather(out, stats, group=self.group)
+        all_gather_flat(out, stats, group=self.group)
         per_rank = out.view(self.world, -1)
         if not torch.allclose(per_rank, per_rank[0].expand_as(per_rank), rtol=1e-6, atol=1e-9):
             raise ValueError(
@@ -236,7 +236,7 @@ class Distribution:
                     n = sum(p.numel() for p in mine)
                     torch.cat([p.detach().reshape(-1) for p in mine], out=flat[:n])
                 out = torch.empty(self.world * rd.width, dtype=rd.dtype, device=dev)
-                launched.append((out, _all_gather(out, flat, self.group, async_op=True)))
+                launched.append((out, all_gather_flat(out, flat, self.group, async_op=True)))
 
         launch_ready()
         opt._run(
@@ -275,7 +275,7 @@ class Distribution:
                 )
         local = torch.tensor([p.to_local().shape[0] for p in self.params], dtype=torch.int64)
         out = torch.empty(self.world * local.numel(), dtype=torch.int64)
-        _all_gather(out, local, group=self.group)
+        all_gather_flat(out, local, group=self.group)
         rows = out.view(self.world, -1)
         for i, p in enumerate(self.params):
             self._rows[id(p)] = rows[:, i].tolist()
@@ -355,7 +355,7 @@ class Distribution:
         self.comm_bytes_per_step += 4 * (sum(in_sizes) + sum(out_sizes))
 
 
-def _all_gather(out: Tensor, inp: Tensor, group: Any, async_op: bool = False) -> Any:
+def all_gather_flat(out: Tensor, inp: Tensor, group: Any, async_op: bool = False) -> Any:
     """One flat all-gather (``all_gather_single`` from torch 2.13; the older name before)."""
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     return fn(out, inp, group=group, async_op=async_op)
