@@ -9,7 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS, when set, is the thread count of this process and of the subprocesses
+# the tests start (tests/helpers.py); the suite is checked at 1 and 2 (README).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 

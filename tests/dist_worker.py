@@ -15,10 +15,16 @@ import torch
 import torch.distributed as dist
 
 from soap import SOAP, Muon, Shampoo, optimizer_state_bytes
+from tests.numerics import perturbed_grads, problem  # PYTHONPATH: the repo (tests/helpers.py)
 
 SHAPES = {
-    # vocabulary-like (identity on 300 > 64), stacked squares, rectangles, 1-D, 3-D
-    "mix": [(300, 16), (16, 16), (16, 16), (16, 16), (32, 16), (16, 32), (16,), (4, 6, 5)],
+    # vocabulary-like (identity on 300 > 64), stacked squares, rectangles, 1-D, 3-D. Every
+    # factor is full rank from its first gradient (the rectangles' long sides are above 64,
+    # so the identity), which keeps the comparison meaningful on any CPU (tests/numerics.py).
+    "mix": [(300, 16), (16, 16), (16, 16), (16, 16), (96, 16), (16, 96), (16,), (4, 4, 16)],
+    # Shampoo: row blocks of 32 x 32 (a 60 x 16 block of 300 x 16 is rank-deficient, and
+    # epsilon=1e-12 makes its root chaotic); a 1-D tensor above 64 (grafting only).
+    "shampoo": [(128, 32), (16, 16), (16, 16), (16, 16), (16, 96), (80,), (4, 4, 16)],
     "matrices": [(300, 16), (16, 16), (16, 16), (32, 16), (16, 32), (24, 24)],
 }
 CASES = {
@@ -45,25 +51,30 @@ CASES = {
             precondition_frequency=3,
             start_preconditioning_step=2,
             max_preconditioner_dim=64,
+            block_size=32,
         ),
-        "mix",
+        "shampoo",
     ),
     "muon": (lambda ps: Muon(ps, lr=2e-2, adjust_lr_fn="match_rms_adamw"), "matrices"),
 }
 STEPS, NAN_AT = 10, 6  # a NaN gradient (one parameter) at step 6: skipped by every rank
 
 
-def data(shapes, dtype):
-    gen = torch.Generator().manual_seed(0)
-    init = [torch.randn(*s, generator=gen).to(dtype) for s in shapes]
-    grads = [[torch.randn(*s, generator=gen).to(dtype) for s in shapes] for _ in range(STEPS)]
+def data(shapes, dtype, perturbed: bool = False):
+    """The problem; ``perturbed``: its gradients perturbed by 1e-7 (relative), so that one
+    process measures the problem's own sensitivity (tests/numerics.py)."""
+    init, grads = problem(shapes, STEPS)
+    if perturbed:
+        grads = perturbed_grads(grads)
+    init = [x.to(dtype) for x in init]
+    grads = [[g.to(dtype) for g in gs] for gs in grads]
     grads[NAN_AT][1][0] = float("nan")
     return init, grads
 
 
 def run_case(name: str, mode: str, dtype: torch.dtype, out: Path) -> None:
     make, set_name = CASES[name]
-    init, grads = data(SHAPES[set_name], dtype)
+    init, grads = data(SHAPES[set_name], dtype, perturbed=mode == "perturbed")
     world = dist.get_world_size() if dist.is_initialized() else 1
     if mode == "fsdp" and world > 1:
         from torch.distributed.device_mesh import init_device_mesh

@@ -44,7 +44,8 @@ def _env(extra: dict | None = None) -> dict:
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "disabled",
         "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
+        # One thread per process unless the suite is run with another count (conftest.py).
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         **(extra or {}),
     }
 

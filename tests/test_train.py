@@ -165,32 +165,73 @@ def _same_curve(a: list[dict], b: list[dict], rel: float) -> None:
             assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=rel, abs=rel)
 
 
-# Two processes see the same global batch as one, summed in another order: 2e-4.
+# Two processes see the same global batch as one, summed in another order (~1e-7 relative):
+# the floor of a calibrated tolerance.
 DDP_REL = 2e-4
 TWO = ["train.max_steps=6", "train.eval_every=3", "regime.precondition_frequency=2"]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "muon"])
-def test_two_processes_match_one_with_and_without_fsdp(optimizer, tmp_path, cache_dir):
-    """Every optimizer under torchrun (gloo, 2 CPU processes): DDP, and FSDP2 - where SOAP,
-    Shampoo and Muon step each matrix whole on its owner - both equal one process."""
+def _perturbed_model_build(monkeypatch) -> None:
+    """Every run built after this starts from weights perturbed by 1e-7 (relative): the same
+    computation on perturbed inputs, to measure a training problem's sensitivity."""
     import torch
 
-    args = [f"optimizer={optimizer}", *TWO]
+    import models
+    from tests.numerics import perturb
+
+    build = models.build_model
+
+    def perturbed(*args, **kwargs):
+        lm = build(*args, **kwargs)
+        gen = torch.Generator().manual_seed(12345)
+        with torch.no_grad():
+            for p in lm.parameters():
+                p.copy_(perturb(p, gen))
+        return lm
+
+    monkeypatch.setattr(models, "build_model", perturbed)
+
+
+def _curve_tolerance(a: list[dict], b: list[dict]) -> float:
+    """``max(DDP_REL, CURVE_FACTOR * largest relative loss difference)`` between a run and its
+    perturbed twin (tests/numerics.py), checked to be below ``CURVE_TEETH`` of how far the
+    loss fell, so that a wrong update still fails the comparison."""
+    from tests.numerics import CURVE_FACTOR, CURVE_TEETH
+
+    sens = max(
+        abs(x[k] - y[k]) / abs(x[k])
+        for x, y in zip(a, b, strict=True)
+        for k in ("loss", "eval_loss")
+        if k in x
+    )
+    tol = max(DDP_REL, CURVE_FACTOR * sens)
+    fell = (a[0]["loss"] - a[-1]["eval_loss"]) / a[0]["loss"]
+    assert tol < CURVE_TEETH * fell, f"tolerance {tol:.1e} vs a relative fall of {fell:.1e}"
+    return tol
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "muon"])
+def test_two_processes_match_one_with_and_without_fsdp(optimizer, tmp_path, cache_dir, monkeypatch):
+    """Every optimizer under torchrun (gloo, 2 CPU processes): DDP, and FSDP2 - where SOAP,
+    Shampoo and Muon step each matrix whole on its owner - both equal one process, within a
+    tolerance calibrated on the run's own sensitivity (a 1e-7 perturbation of the weights).
+
+    Preconditioned dimensions are capped at 128 (the feed-forward's 384 side and the
+    vocabulary are the identity for SOAP, 128-row blocks for Shampoo), so most factors are
+    full rank from their first gradient; query/key gradients at initialisation are still near
+    rank zero, so SOAP's run stays chaotic (it moves by 3.9e-4 under the perturbation, as much
+    as 2 processes and 1 differed on an AMD EPYC) and its tolerance is 10x that.
+    Checked once by breaking the distributed path on purpose (each owner's updated rows not
+    sent to the other rank, 2026-12-02): SOAP, Shampoo and Muon all failed, by 5x (SOAP:
+    0.157 against 0.032) to 8x their tolerance."""
+
+    args = [f"optimizer={optimizer}", *TWO, "regime.max_precond_dim=128"]
     if optimizer == "shampoo":
-        # With epsilon 1e-12 the inverse roots of the first, rank-deficient factors amplify
-        # the gradients' reduction-order noise (1e-7) far beyond it; the optimizer itself
-        # equals one process to round-off (tests/test_distributed.py).
+        # With epsilon 1e-12 the inverse roots of rank-deficient factors (the embedding's
+        # blocks see few tokens) amplify round-off far beyond it.
         args.append("optimizer.epsilon=1e-6")
-    one = tmp_path / "one"
-    # One thread, like each torchrun process: the first eigenbasis of a rank-deficient factor
-    # (arbitrary in its null space) depends on LAPACK's thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run_inprocess([*args, f"run_dir={one}"], cache_dir) == 0
-    finally:
-        torch.set_num_threads(threads)
+    base, twin = _twin_runs(args, tmp_path, cache_dir, monkeypatch)
+    tol = _curve_tolerance(base, twin)
     ports = {"adamw": 29531, "soap": 29541, "shampoo": 29551, "muon": 29561}
     for k, fsdp in enumerate(("false", "true")):
         d = tmp_path / f"fsdp_{fsdp}"
@@ -203,11 +244,12 @@ def test_two_processes_match_one_with_and_without_fsdp(optimizer, tmp_path, cach
         assert r.returncode == 0, r.stderr[-3000:]
         s = summary(d)
         assert s["world_size"] == 2
-        _same_curve(metrics(one), metrics(d), DDP_REL)
+        _same_curve(base, metrics(d), tol)
         if optimizer != "adamw" and fsdp == "false":
             # Owner-computes: each rank holds about half of the optimizer state.
-            assert s["optimizer_state_bytes"] < 0.6 * summary(one)["optimizer_state_bytes"]
-            assert s["optimizer_state_bytes_total"] >= summary(one)["optimizer_state_bytes"]
+            one = summary(tmp_path / "base")["optimizer_state_bytes"]
+            assert s["optimizer_state_bytes"] < 0.6 * one
+            assert s["optimizer_state_bytes_total"] >= one
 
 
 LONG = [
@@ -232,21 +274,51 @@ def _resumed_at(stdout: str) -> int:
     return int(re.search(r"resumed .* at step (\d+)", stdout).group(1))
 
 
-def _continues(ref: list[dict], run: list[dict], at: int) -> None:
+def _continues(ref: list[dict], run: list[dict], at: int, twin: list[dict]) -> None:
     """A resharded continuation: identical up to the checkpoint, the first step after it on
-    the restored state to 1e-5, then within the drift of 1 vs 2 processes' reduction order
-    (measured here: at most 5e-4 over 30 SOAP steps)."""
-    assert [x["step"] for x in ref] == [x["step"] for x in run]
-    for x, y in zip(ref, run, strict=True):
-        rel = 0 if x["step"] <= at else 1e-5 if x["step"] == at + 1 else 1e-3
+    the restored state to 1e-5 (the forward pass summed in another order), then within the
+    drift of 1 vs 2 processes' reduction order. A 30-step SOAP run is chaotic (its loss moves
+    by up to 3e-3 relative under a 1e-7 perturbation of the weights), so each later step's
+    tolerance is ``CURVE_FACTOR`` times ``twin``'s deviation from ``ref`` at that step
+    (tests/numerics.py); the exact restore itself is what the first step checks."""
+    from tests.numerics import CURVE_FACTOR
+
+    assert [x["step"] for x in ref] == [x["step"] for x in run] == [x["step"] for x in twin]
+    for x, y, z in zip(ref, run, twin, strict=True):
+        sens = abs(z["loss"] - x["loss"]) / abs(x["loss"])
+        rel = (
+            0
+            if x["step"] <= at
+            else 1e-5
+            if x["step"] == at + 1
+            else max(DDP_REL, CURVE_FACTOR * sens)
+        )
         assert y["loss"] == pytest.approx(x["loss"], rel=rel, abs=rel), (x["step"], at)
 
 
-def test_sharded_checkpoints_resume_after_sigkill_and_reshard(tmp_path, cache_dir):
+def _twin_runs(args, tmp_path, cache_dir, monkeypatch) -> tuple[list[dict], list[dict]]:
+    """Run ``args`` in this process (one thread, like each torchrun process) as it is and
+    from perturbed weights: the run and its perturbed twin's metrics."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_inprocess([*args, f"run_dir={tmp_path / 'base'}"], cache_dir) == 0
+        _perturbed_model_build(monkeypatch)
+        assert run_inprocess([*args, f"run_dir={tmp_path / 'twin'}"], cache_dir) == 0
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.undo()
+    return metrics(tmp_path / "base"), metrics(tmp_path / "twin")
+
+
+def test_sharded_checkpoints_resume_after_sigkill_and_reshard(tmp_path, cache_dir, monkeypatch):
     """FSDP2 + distributed SOAP: every rank writes its own shards (DCP); a SIGKILLed 2-process
     run resumes on the identical curve; its checkpoint also resumes with 1 process, and a
     1-process checkpoint resumes with 2 (resharding on load)."""
     fsdp = ["train.fsdp=true"]
+    base1, twin1 = _twin_runs([*LONG, "regime.micro_batch=8"], tmp_path, cache_dir, monkeypatch)
     ref2 = tmp_path / "ref2"
     r = cli([*LONG, *fsdp, f"run_dir={ref2}"], cache_dir, launcher=_torchrun(29571), timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -259,15 +331,14 @@ def test_sharded_checkpoints_resume_after_sigkill_and_reshard(tmp_path, cache_di
     # 2 -> 1: the same checkpoint, read by one process (no FSDP), continues the run.
     r = cli([*LONG, "regime.micro_batch=8", f"run_dir={tmp_path / 'to_one'}"], cache_dir)
     assert r.returncode == 0 and "resumed" in r.stdout, r.stderr[-3000:]
-    _continues(metrics(ref2), metrics(tmp_path / "to_one"), _resumed_at(r.stdout))
+    _continues(metrics(ref2), metrics(tmp_path / "to_one"), _resumed_at(r.stdout), twin1)
     # 1 -> 2: a one-process checkpoint continued by two DDP processes.
-    ref1, one = tmp_path / "ref1", tmp_path / "one"
-    assert cli([*LONG, "regime.micro_batch=8", f"run_dir={ref1}"], cache_dir).returncode == 0
+    one = tmp_path / "one"
     _killed_after_a_checkpoint(one, cache_dir, None, ["regime.micro_batch=8"])
     r = cli([*LONG, f"run_dir={one}"], cache_dir, launcher=_torchrun(29577), timeout=400)
     assert r.returncode == 0 and "resumed" in r.stdout, r.stderr[-3000:]
     assert summary(one)["world_size"] == 2
-    _continues(metrics(ref1), metrics(one), _resumed_at(r.stdout))
+    _continues(base1, metrics(one), _resumed_at(r.stdout), twin1)
 
 
 def _poison_training_loss(monkeypatch, bad) -> None:
