@@ -90,7 +90,9 @@ def build_data(
         PackedSequences(prep, "validation"), eval_sequences, eval_batch_size, world_size, rank
     )
     manifest = {k: v for k, v in prep.manifest.items() if k != "splits"}
-    return Data(loader, val, prep.vocab_size, {"root": str(prep.root), "manifest": manifest})
+    train_tokens = int(prep.manifest["splits"]["train"]["sequences"]) * seq_len
+    info = {"root": str(prep.root), "manifest": manifest, "train_tokens": train_tokens}
+    return Data(loader, val, prep.vocab_size, info)
 
 
 def _stream(

@@ -141,6 +141,24 @@ MIN_DOCUMENTS = 20  # fewer .txt files than this are cut into paragraphs (split_
 CHUNK_CHARS = 2000  # a paragraph longer than this is cut at a line boundary (~500 tokens)
 
 
+TEXT_PROBE_BYTES = 1 << 16
+MAX_INVALID_UTF8 = 0.01  # share of undecodable bytes in the probe beyond which it is not text
+
+
+def check_text_file(path: Path) -> None:
+    """A ``.txt`` corpus file must hold text: refuse an empty file and a binary one (NUL
+    bytes, or more than 1% of the first 64 KiB undecodable as UTF-8), naming the file."""
+    with open(path, "rb") as f:
+        head = f.read(TEXT_PROBE_BYTES)
+    if not head.strip():
+        raise DataError(f"{path} is empty: remove it from data.paths or give a file with text")
+    text = head.decode("utf-8", errors="replace")
+    invalid = text.count("\ufffd") / max(1, len(text))
+    if b"\x00" in head or invalid > MAX_INVALID_UTF8:
+        why = "NUL bytes" if b"\x00" in head else f"{invalid:.0%} of it is not UTF-8"
+        raise DataError(f"{path} is not a text file ({why}): data.paths takes text files")
+
+
 def _paragraphs(path: Path) -> Iterator[str]:
     """Blank-line separated blocks of a text file, read line by line (a large book is never
     held whole); a block longer than ``CHUNK_CHARS`` - or a file without blank lines - is cut
@@ -175,6 +193,7 @@ def local_documents(
     for p in files:
         name = p.name.lower()
         if name.endswith(".txt"):
+            check_text_file(p)
             if split_paragraphs:
                 yield from _paragraphs(p)
             else:

@@ -43,6 +43,7 @@ class TrainConfig:
     target_loss: float | None = None  # eval loss to reach
     stop_at_target: bool = False
     checkpoint_every: int = 200
+    keep_checkpoints: int = 2  # newest complete checkpoints kept (an unreadable one falls back)
     clock_skip_steps: int = 2  # first steps (compile / warm-up) timed as warm-up
     grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
     z_loss: float = 1.0e-4  # OLMo z-loss coefficient (paper setup); 0 disables
@@ -152,7 +153,9 @@ class RunConfig:
     experiment_name: str = "default"
     seed: int = 0
     run_dir: str = MISSING
-    resume: str = "auto"  # auto: continue the latest checkpoint; never: refuse an existing run
+    # auto: continue the latest checkpoint of the same configuration; never: refuse an existing
+    # run; force: continue even if the configuration differs (recorded in summary.json)
+    resume: str = "auto"
     cache_dir: str = ".cache/soap-bench"
 
 
@@ -171,6 +174,40 @@ def register() -> None:
 
 
 register()
+
+
+OPTIMIZER_SCHEMAS = (AdamWConfig, SOAPConfig, ShampooConfig, MuonConfig)
+
+
+def unknown_keys(cfg: Any) -> list[str]:
+    """Keys that no schema declares, e.g. from a ``+key=value`` override (Hydra adds those
+    even to typed configs). The optimizer's keys are checked against its schema when its
+    ``_target_`` is one of ours; any other ``_target_`` (your own optimizer class) takes
+    any keyword: that is the documented way to pass one (``+optimizer.my_arg=1``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    out: list[str] = []
+
+    def walk(node: Any, schema: Any, path: str) -> None:
+        for k in node:
+            key = f"{path}{k}"
+            if k not in schema.keys():  # noqa: SIM118 (`in` is False for MISSING values)
+                out.append(key)
+            elif (
+                isinstance(node.get(k), DictConfig)
+                and not OmegaConf.is_missing(schema, k)
+                and isinstance(schema.get(k), DictConfig)
+                and OmegaConf.get_type(schema, k) not in (dict, None)
+            ):
+                walk(node[k], schema[k], f"{key}.")
+
+    root = OmegaConf.structured(RunConfig)
+    walk(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("optimizer", "hydra")]), root, "")
+    target = cfg.get("optimizer", {}).get("_target_") if "optimizer" in cfg else None
+    for schema in OPTIMIZER_SCHEMAS:
+        if target == schema._target_:
+            walk(cfg.optimizer, OmegaConf.structured(schema), "optimizer.")
+    return out
 
 
 def error_line(e: BaseException) -> str:

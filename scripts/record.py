@@ -58,6 +58,8 @@ class RunRecord:
     params_non_embedding: int | None = None
     vocab_size: int | None = None
     eval_history: list[EvalPoint] = field(default_factory=list)
+    # resume=force: the configuration keys that changed when the run was continued
+    config_changes: list[str] = field(default_factory=list)
 
     @property
     def completed(self) -> bool:

@@ -23,7 +23,15 @@ def _need(ok: bool, key: str, value: Any, what: str) -> None:
 def validate(cfg: Any) -> None:
     """The value checks (``ConfigError``), in the order a user would fix them."""
     from models.presets import PRESETS
+    from scripts.config import unknown_keys
 
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {', '.join(unknown)}: no schema declares it (a '+' override adds it "
+            "unchecked); fix the spelling, or give your own optimizer class as _target_ to pass "
+            "it keywords"
+        )
     if cfg.model.preset not in PRESETS:
         raise ConfigError(f"unknown model {cfg.model.preset!r}: use model=<{'|'.join(PRESETS)}>")
     if "optimizer" not in cfg or "_target_" not in cfg.optimizer:
@@ -35,6 +43,15 @@ def validate(cfg: Any) -> None:
         lr,
         "must be > 0",
     )
+    betas = cfg.optimizer.get("betas")
+    if betas is not None:  # torch's AdamW would fail deep inside its first step
+        b = list(betas)
+        _need(
+            len(b) == 2 and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b),
+            "optimizer.betas",
+            b,
+            "must be two numbers in [0, 1), e.g. [0.9,0.95]",
+        )
     t = cfg.train
     _need(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be > 0")
     _need(t.tokens_per_param > 0, "train.tokens_per_param", t.tokens_per_param, "must be > 0")
@@ -72,8 +89,9 @@ def validate(cfg: Any) -> None:
     for k in ("seq_len", "global_batch", "micro_batch", "precondition_frequency"):
         _need(r[k] > 0, f"regime.{k}", r[k], "must be > 0")
     _need(r.seq_len >= 2, "regime.seq_len", r.seq_len, "must be >= 2")
-    if cfg.resume not in ("auto", "never"):
-        raise ConfigError(f"resume={cfg.resume!r}: use resume=auto or resume=never")
+    if cfg.resume not in ("auto", "never", "force"):
+        raise ConfigError(f"resume={cfg.resume!r}: use resume=auto, never or force")
+    _need(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be >= 1")
     if cfg.wandb.mode not in ("disabled", "offline", "online"):
         raise ConfigError(f"wandb.mode={cfg.wandb.mode!r}: use disabled, offline or online")
     if cfg.data.mode not in ("prepared", "stream"):

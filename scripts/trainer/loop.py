@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 
 from scripts.record import EvalPoint, RunRecord, variant_name
 from scripts.runinfo import run_info
-from scripts.trainer import state
+from scripts.trainer import identity, plan, state
 from scripts.trainer.checks import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -124,24 +125,43 @@ def record(run: Run, status: str, message: str | None) -> RunRecord:
         params_non_embedding=run.params["non_embedding"],
         vocab_size=run.raw_model.get_output_embeddings().weight.shape[0],
         eval_history=[EvalPoint(**e) for e in run.eval_history],
+        config_changes=list(run.config_changes),
     )
 
 
-def _prepare_run_dir(cfg: Any) -> tuple[Path, Path | None]:
+def _prepare_run_dir(cfg: Any) -> tuple[Path, Path | None, list[str]]:
+    """Before anything expensive: the run directory is writable, and what it holds (if
+    anything) is this configuration's run. Returns it, its latest checkpoint and the
+    configuration keys that differ (``resume=force`` only)."""
+    from omegaconf import OmegaConf
+
     run_dir = Path(cfg.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"run_dir={run_dir} is not writable ({e.strerror}): choose another run_dir="
+        ) from None
     ck = state.latest(run_dir)
     if cfg.resume == "never" and (ck is not None or (run_dir / "summary.json").exists()):
         raise ConfigError(
             f"{run_dir} already holds a run: pass resume=auto to continue it or a new run_dir="
         )
-    return run_dir, ck
+    changes = identity.check(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.resume)
+    return run_dir, ck, changes
 
 
-def _write_run_files(run: Run) -> None:
+def _write_run_files(run: Run, changes: list[str]) -> None:
     from omegaconf import OmegaConf
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg, resolve=True))
+    config = run.run_dir / identity.CONFIG
+    if changes and config.exists():  # resume=force: keep what the first part trained with
+        os.replace(config, run.run_dir / f"config.before-step-{run.step}.yaml")
+    config.write_text(OmegaConf.to_yaml(run.cfg, resolve=True))
     info = run_info() | {
         "world_size": run.accelerator.num_processes,
         "device": str(run.accelerator.device),
@@ -175,7 +195,7 @@ def run_training(cfg: Any) -> int:
 
 def _train(cfg: Any) -> tuple[int, Any]:
     validate(cfg)
-    run_dir, ck = _prepare_run_dir(cfg)
+    run_dir, ck, changes = _prepare_run_dir(cfg)
     prev = RunRecord.read(run_dir)
     if ck is not None and prev is not None and prev.completed:
         print(
@@ -186,14 +206,19 @@ def _train(cfg: Any) -> tuple[int, Any]:
     run = setup(cfg)
     acc = run.accelerator
     reset_peak_memory(acc.device)
-    if run.is_main:
-        _write_run_files(run)
     if ck is not None:
-        state.restore(run, ck)
+        ck = state.restore_latest(run)
         if run.is_main:
-            print(f"resumed {run_dir} at step {run.step}")
+            print(f"resumed {run_dir} at step {run.step} ({ck.name})")
+            if changes:
+                print(f"warning: resume=force with a changed configuration: {'; '.join(changes)}")
+    if run.is_main:
+        _write_run_files(run, changes)
+    run.config_changes = (prev.config_changes if prev is not None else []) + changes
     acc.wait_for_everyone()
     logs = _sinks(run, run.step if ck is not None else None)
+    if run.is_main:
+        print("\n".join(plan.plan_line(run)), flush=True)
     status, message, code = "completed", None, 0
     saved_at = run.step
     with Signals() as signals:
@@ -209,6 +234,9 @@ def _train(cfg: Any) -> tuple[int, Any]:
                     out = {"loss": float("nan"), "skipped": 1.0}
                 run.step += 1
                 timing = run.clock.end_step(run.step)
+                if run.is_main:
+                    for line in plan.estimate_line(run):
+                        print(line, flush=True)
                 rec: dict[str, Any] = {
                     "step": run.step,
                     "tokens": run.step * run.tokens_per_step,
@@ -223,12 +251,17 @@ def _train(cfg: Any) -> tuple[int, Any]:
                     rec["skipped"] = True
                     if run.bad_steps > cfg.train.max_bad_steps:
                         status, code = "diverged", EXIT_DIVERGED
-                        message = (
-                            f"non-finite loss or gradient at step {run.step}; stopped, the last "
-                            f"good checkpoint (step {saved_at}) in {run_dir} is kept. Lower "
-                            "optimizer.lr or raise train.max_bad_steps"
+                        run.step -= 1  # that iteration was not taken
+                        kept = (
+                            f"the last good checkpoint (step {saved_at}) in {run_dir} is kept"
+                            if state.latest(run_dir) is not None
+                            else "no checkpoint had been written yet"
                         )
-                        run.step -= 1
+                        message = (
+                            f"non-finite loss or gradient in iteration {run.step + 1} (after "
+                            f"{run.step} steps); stopped, {kept}. Lower optimizer.lr or raise "
+                            "train.max_bad_steps"
+                        )
                         break
                 if run.step % cfg.train.eval_every == 0 or run.step == run.steps:
                     ev = evaluate(run)

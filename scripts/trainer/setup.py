@@ -39,6 +39,7 @@ class Run:
     step: int = 0
     bad_steps: int = 0
     eval_history: list[dict[str, float]] = field(default_factory=list)
+    config_changes: list[str] = field(default_factory=list)  # resume=force, see identity.py
 
     @property
     def is_main(self) -> bool:

@@ -4,8 +4,10 @@ a different number of ranks can read it back).
 
 Layout: ``<run_dir>/checkpoints/step-<N>/`` (DCP files) and ``<run_dir>/checkpoints/latest``
 (the name of the newest complete one). A checkpoint is written to ``step-<N>.tmp`` and
-renamed when every rank has finished; ``latest`` is then replaced atomically and older
-checkpoints are removed, so a kill at any moment leaves the previous checkpoint readable.
+renamed when every rank has finished; ``latest`` is then replaced atomically and all but the
+newest ``train.keep_checkpoints`` are removed, so a kill at any moment leaves the previous
+checkpoint readable, and a checkpoint that cannot be read on resume (a truncated or deleted
+file, bad metadata) falls back to the one before it (:func:`restore_latest`).
 
 ``states``:
 
@@ -104,17 +106,25 @@ def _unblob(b: io.BytesIO) -> Any:
     return pickle.loads(b.getvalue())
 
 
+def complete(run_dir: Path) -> list[Path]:
+    """The complete checkpoint directories, newest first."""
+    root = Path(run_dir) / DIR
+    return sorted(
+        (p for p in root.glob("step-*") if p.is_dir() and "." not in p.name), reverse=True
+    )
+
+
 def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint directory, or None."""
-    pointer = run_dir / DIR / LATEST
+    """The newest complete checkpoint directory (the ``latest`` pointer's), or None. A pointer
+    whose directory is gone falls back to the newest complete one."""
+    pointer = Path(run_dir) / DIR / LATEST
     if not pointer.exists():
         return None
-    path = run_dir / DIR / pointer.read_text().strip()
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{pointer} names {path.name}, which is missing: move {run_dir / DIR} away and rerun"
-        )
-    return path
+    path = Path(run_dir) / DIR / pointer.read_text().strip()
+    if path.is_dir():
+        return path
+    found = complete(run_dir)
+    return found[0] if found else None
 
 
 def save(run: Any) -> Path:
@@ -144,9 +154,11 @@ def save(run: Any) -> Path:
         pointer = root / LATEST
         (root / ".latest.tmp").write_text(final.name)
         os.replace(root / ".latest.tmp", pointer)
-        for old in root.glob("step-*"):
-            if old.name != final.name:
-                shutil.rmtree(old, ignore_errors=True)
+        keep = max(1, int(run.cfg.train.keep_checkpoints))
+        for old in [p for p in root.glob("step-*") if p.name.endswith(".tmp")] + complete(
+            run.run_dir
+        )[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
 
@@ -189,3 +201,22 @@ def restore(run: Any, path: Path) -> None:
     _load_trainer_state(run, _unblob(states["trainer"]))
     if per_rank:
         run.loader.load_state_dict(_unblob(states[rank_key]))
+
+
+def restore_latest(run: Any) -> Path:
+    """Restore the newest checkpoint that reads; each unreadable one is named in one line
+    and the one before it is tried. Raises ``CheckpointError`` when none reads."""
+    found = [p for p in [latest(run.run_dir)] if p is not None]
+    found += [p for p in complete(run.run_dir) if p not in found]
+    if not found:
+        raise CheckpointError(f"{run.run_dir / DIR} holds no complete checkpoint: use resume=never")
+    errors = []
+    for path in found:
+        try:
+            restore(run, path)
+            return path
+        except CheckpointError as e:
+            errors.append(str(e))
+            if run.is_main:
+                print(f"warning: {str(e).split(': move')[0]}; trying the checkpoint before it")
+    raise CheckpointError(errors[-1])
