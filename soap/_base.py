@@ -47,6 +47,26 @@ from .nonfinite import (
 
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
 _REFERENCE_KEYS = ("GG", "Q")  # state entries of the public reference SOAP
+# A hyperparameter only one optimizer class has: names the class that wrote a state dict.
+_SIGNATURES = (
+    ("shampoo_beta", "SOAP"),
+    ("max_preconditioner_dim", "Shampoo"),
+    ("ns_steps", "Muon"),
+    ("amsgrad", "AdamW"),  # torch.optim.AdamW / Adam
+)
+
+
+def state_dict_writer(state_dict: dict[str, Any]) -> str | None:
+    """The optimizer class that wrote ``state_dict``, when its hyperparameters tell."""
+    if "optimizers" in state_dict:
+        return "MuonAdamW (a ChainedOptimizer)"
+    keys = set().union(*(set(g) for g in state_dict.get("param_groups", [])))
+    for key, name in _SIGNATURES:
+        if key in keys:
+            return name
+    if {"betas", "distributed"} <= keys:  # soap.muon.AdamW: none of the keys above
+        return "AdamW"
+    return None
 
 
 def is_dtensor(t: Tensor) -> bool:
@@ -149,8 +169,15 @@ class BucketedOptimizer(Optimizer):
 
         torch casts floating state to the parameter's dtype, which would round SOAP's fp32
         factors and bases to bf16 for bf16 parameters; we re-read them from ``state_dict``.
-        A state dict of the public reference SOAP (``GG``/``Q`` entries) is refused.
+        A state dict of the public reference SOAP (``GG``/``Q`` entries), or one another
+        optimizer class wrote (whose state entries differ), is refused in one line.
         """
+        writer = state_dict_writer(state_dict)
+        if writer is not None and writer != self._name:
+            raise ValueError(
+                f"{self._name}.load_state_dict: this state dict was written by {writer}, whose "
+                f"state differs: load it into {writer}, or start {self._name} from fresh state"
+            )
         for st in state_dict.get("state", {}).values():
             if isinstance(st, dict) and any(k in st for k in _REFERENCE_KEYS):
                 raise ValueError(

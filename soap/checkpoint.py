@@ -135,12 +135,21 @@ def dcp_template(
     """Tensors for ``dcp.load`` to read this rank's optimizer entries into (shapes from the
     checkpoint's ``metadata``, as saved under ``prefix``): the optimizer's state is lazy, so a
     fresh optimizer has nothing to load into. A ``DTensor`` parameter's state of the full
-    shape is read as a ``DTensor`` laid out like the parameter (resharding on load)."""
+    shape is read as a ``DTensor`` laid out like the parameter (resharding on load) when a
+    torch optimizer holds it; SOAP, Shampoo and Muon keep their owners' state as whole plain
+    tensors (they step each matrix whole), so theirs is read plain."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     names = param_names(model)
     by_name = dict(model.named_parameters())
     needed = set(needed_names(opt, names))
+    whole = {
+        names[id(p)]
+        for leaf in _leaves(opt)
+        if hasattr(leaf, "owned_parameters")
+        for g in leaf.param_groups
+        for p in g["params"]
+    }
     template: dict[str, Any] = {GROUPS: io.BytesIO()}
     head = f"{prefix}."
     for key, md in metadata.state_dict_metadata.items():
@@ -152,7 +161,11 @@ def dcp_template(
             continue
         if isinstance(md, TensorStorageMetadata):
             p = by_name[pname]
-            if type(p).__name__ == "DTensor" and tuple(md.size) == tuple(p.shape):
+            if (
+                type(p).__name__ == "DTensor"
+                and pname not in whole
+                and tuple(md.size) == tuple(p.shape)
+            ):
                 template[entry] = torch.zeros_like(p, dtype=md.properties.dtype)
             else:
                 template[entry] = torch.empty(tuple(md.size), dtype=md.properties.dtype)

@@ -35,6 +35,11 @@ class ChainedOptimizer(Optimizer):
     ``param_groups`` is the concatenation of the children's group dicts (the same objects), so
     LR schedulers and gradient clipping see every parameter and a scheduler's LR change
     reaches the child that owns the group.
+
+    Momentum has one name across children: ``momentum``. A group with Adam's ``betas`` also
+    carries ``momentum`` (its beta1), and a changed ``momentum`` is copied into ``betas[0]``
+    before each step, so torch's schedulers that cycle momentum (``OneCycleLR``, ``CyclicLR``,
+    which look for ``momentum`` in ``defaults``) reach every child.
     """
 
     def __init__(self, optimizers: list[Optimizer]) -> None:
@@ -44,6 +49,17 @@ class ChainedOptimizer(Optimizer):
         params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
         super().__init__(params, {})
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        self._share_momentum()
+        first = self.param_groups[0]
+        self.defaults = {"lr": first["lr"], "momentum": first.get("momentum")}
+
+    def _share_momentum(self) -> None:
+        for g in self.param_groups:
+            if "betas" in g:
+                if "momentum" not in g:
+                    g["momentum"] = g["betas"][0]
+                elif g["momentum"] != g["betas"][0]:
+                    g["betas"] = (g["momentum"], *g["betas"][1:])
 
     @property
     def state(self) -> dict:  # type: ignore[override]
@@ -62,6 +78,7 @@ class ChainedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._share_momentum()
         for o in self.optimizers:
             o.step()
         return loss
@@ -88,6 +105,14 @@ class ChainedOptimizer(Optimizer):
         return {"optimizers": [o.state_dict() for o in self.optimizers]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "optimizers" not in state_dict:
+            from ._base import state_dict_writer
+
+            writer = state_dict_writer(state_dict) or "another optimizer"
+            raise ValueError(
+                f"MuonAdamW.load_state_dict: this state dict was written by {writer}, not by a "
+                "ChainedOptimizer: load it into that optimizer, or start MuonAdamW from fresh state"
+            )
         sds = state_dict["optimizers"]
         if len(sds) != len(self.optimizers):
             raise ValueError(
@@ -96,6 +121,7 @@ class ChainedOptimizer(Optimizer):
         for o, sd in zip(self.optimizers, sds, strict=True):
             o.load_state_dict(sd)
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        self._share_momentum()
 
 
 def MuonAdamW(

@@ -72,33 +72,43 @@ def data(shapes, dtype, perturbed: bool = False):
     return init, grads
 
 
+class Placed:
+    """Parameters as DDP (plain, identical gradients) or FSDP2 (``DTensor`` ``Shard(0)``, as
+    ``fully_shard`` leaves them after its reduce-scatter) holds them."""
+
+    def __init__(self, init: list[torch.Tensor], mode: str) -> None:
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        self.sharded = mode == "fsdp" and world > 1
+        if self.sharded:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.tensor import Shard, distribute_tensor
+
+            mesh = init_device_mesh("cpu", (world,))
+            self._place = lambda x: distribute_tensor(x.clone(), mesh, [Shard(0)])
+        else:
+            self._place = lambda x: x.clone()
+        self.params = [torch.nn.Parameter(self._place(x)) for x in init]
+
+    def set_grads(self, gs: list[torch.Tensor]) -> None:
+        for p, g in zip(self.params, gs, strict=True):
+            p.grad = self._place(g)
+
+    def set_values(self, xs: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, x in zip(self.params, xs, strict=True):
+                p.copy_(self._place(x))
+
+    def full(self) -> list[torch.Tensor]:
+        return [
+            (p.detach().full_tensor() if self.sharded else p.detach()).clone() for p in self.params
+        ]
+
+
 def run_case(name: str, mode: str, dtype: torch.dtype, out: Path) -> None:
     make, set_name = CASES[name]
     init, grads = data(SHAPES[set_name], dtype, perturbed=mode == "perturbed")
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if mode == "fsdp" and world > 1:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor import Shard, distribute_tensor
-
-        mesh = init_device_mesh("cpu", (world,))
-        params = [torch.nn.Parameter(distribute_tensor(x.clone(), mesh, [Shard(0)])) for x in init]
-
-        def set_grads(gs):
-            for p, g in zip(params, gs, strict=True):
-                p.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
-
-        def full(p):
-            return p.detach().full_tensor()
-    else:
-        params = [torch.nn.Parameter(x.clone()) for x in init]
-
-        def set_grads(gs):
-            for p, g in zip(params, gs, strict=True):
-                p.grad = g.clone()
-
-        def full(p):
-            return p.detach()
-
+    placed = Placed(init, mode)
+    params, set_grads = placed.params, placed.set_grads
     opt = make(params)
     for gs in grads:
         set_grads(gs)
@@ -106,7 +116,7 @@ def run_case(name: str, mode: str, dtype: torch.dtype, out: Path) -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save(
         {
-            "params": [full(p).clone() for p in params],
+            "params": placed.full(),
             "state_bytes": optimizer_state_bytes(opt),
             "comm_bytes": getattr(opt, "comm_bytes_per_step", 0),
             "skipped": int(opt.skipped_updates) if opt.skipped_updates is not None else 0,
@@ -129,34 +139,43 @@ def independent_models_are_refused(out: Path) -> None:
     (out / f"mismatch.rank{rank}.txt").write_text(msg)
 
 
-def checkpoint_case(out: Path, phase: str) -> None:
-    """``save`` (any world size): 5 steps, ``soap.checkpoint.save``, 5 more; ``load`` (any
-    world size): the step-5 parameters, a fresh optimizer, ``soap.checkpoint.load``, the last
-    5 steps. Both write their final parameters."""
+CKPT_CASES = ("soap", "shampoo", "muon")
+
+
+def checkpoint_case(out: Path, phase: str, mode: str) -> None:
+    """User code (``soap.checkpoint``), DDP or FSDP2 parameters (``mode``), SOAP, Shampoo and
+    Muon. ``save`` (any world size): 5 steps, ``soap.checkpoint.save``, 5 more; ``load`` (any
+    world size, either mode): the step-5 parameters, a fresh optimizer,
+    ``soap.checkpoint.load``, the last 5 steps. Both write their final parameters."""
     import soap.checkpoint
 
-    init, grads = data(SHAPES["mix"], torch.float32)
-    model = torch.nn.Module()
-    model.ps = torch.nn.ParameterList([torch.nn.Parameter(x.clone()) for x in init])
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if phase == "load":
-        for p, x in zip(model.ps, torch.load(out / "ckpt_params5.pt"), strict=True):
-            p.data.copy_(x)
-    opt = SOAP(model.parameters(), lr=1e-2, precondition_frequency=3, max_precond_dim=64)
-    if phase == "load":
-        soap.checkpoint.load(opt, model, str(out / "ckpt"))
-    for i, gs in enumerate(grads):
-        if phase == "load" and i < 5:
-            continue
-        for p, g in zip(model.ps, gs, strict=True):
-            p.grad = g.clone()
-        opt.step()
-        if phase == "save" and i == 4:
-            soap.checkpoint.save(opt, model, str(out / "ckpt"))
-            if rank == 0:
-                torch.save([p.detach().clone() for p in model.ps], out / "ckpt_params5.pt")
-    if rank == 0:
-        torch.save([p.detach().clone() for p in model.ps], out / f"ckpt_{phase}_final.pt")
+    for name in CKPT_CASES:
+        make, set_name = CASES[name]
+        init, grads = data(SHAPES[set_name], torch.float32)
+        placed = Placed(init, mode)
+        model = torch.nn.Module()
+        model.ps = torch.nn.ParameterList(placed.params)
+        if phase == "load":
+            placed.set_values(torch.load(out / f"ckpt-{name}-params5.pt"))
+        opt = make(list(model.parameters()))
+        if phase == "load":
+            soap.checkpoint.load(opt, model, str(out / f"ckpt-{name}"))
+        for i, gs in enumerate(grads):
+            if phase == "load" and i < 5:
+                continue
+            placed.set_grads(gs)
+            opt.step()
+            if phase == "save" and i == 4:
+                soap.checkpoint.save(opt, model, str(out / f"ckpt-{name}"))
+                values = placed.full()
+                if rank == 0:
+                    torch.save(values, out / f"ckpt-{name}-params5.pt")
+        values = placed.full()
+        if rank == 0:
+            torch.save(values, out / f"ckpt-{name}-{phase}-{mode}.pt")
+        if dist.is_initialized():
+            dist.barrier()
 
 
 def main() -> None:
@@ -168,10 +187,10 @@ def main() -> None:
     if "mismatch" in modes:
         independent_models_are_refused(out)
         modes.remove("mismatch")
-    for phase in ("save", "load"):
-        if f"ckpt_{phase}" in modes:
-            checkpoint_case(out, phase)
-            modes.remove(f"ckpt_{phase}")
+    for m in [m for m in modes if m.startswith("ckpt_")]:  # ckpt_save:fsdp, ckpt_load:ddp, ...
+        phase, mode = m[len("ckpt_") :].split(":")
+        checkpoint_case(out, phase, mode)
+        modes.remove(m)
     for mode in modes:
         for dtype in (torch.float32, torch.bfloat16):
             for name in CASES:

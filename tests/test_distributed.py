@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.dist_worker import CASES as CASES_BY_NAME
-from tests.dist_worker import SHAPES
+from tests.dist_worker import CKPT_CASES, SHAPES
 from tests.helpers import REPO, _env
 from tests.numerics import assert_has_teeth, assert_within, problem, tolerances
 
@@ -50,11 +50,12 @@ def _one_process(out: Path, modes: str) -> None:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     one = tmp_path_factory.mktemp("one")
-    _one_process(one, "ddp,perturbed")  # perturbed: the problem's sensitivity
+    # perturbed: the problem's sensitivity; ckpt_save: a 1-process checkpoint for 1 -> 2
+    _one_process(one, "ddp,perturbed,ckpt_save:ddp")
     runs = {}
     for n, port in ((2, 29611), (4, 29613)):
         d = tmp_path_factory.mktemp(f"w{n}")
-        _torchrun(n, d, "ddp,fsdp,mismatch,ckpt_save", port)
+        _torchrun(n, d, "ddp,fsdp,mismatch" + (",ckpt_save:fsdp" if n == 2 else ""), port)
         runs[n] = d
     return one, runs
 
@@ -126,15 +127,43 @@ def test_dtensor_with_distributed_off_is_refused_at_once(tmp_path):
         dist.destroy_process_group()
 
 
-def test_user_checkpoint_written_by_2_processes_resumes_in_1(results):
-    """``soap.checkpoint.save``/``load`` outside the trainer: the state 2 owners wrote (each its
-    part) continues in one process to the same parameters as the 2-process run."""
-    _, runs = results
-    d = runs[2]
-    _one_process(d, "ckpt_load")
-    want = torch.load(d / "ckpt_save_final.pt")
-    got = torch.load(d / "ckpt_load_final.pt")
-    # The same problem as the "soap" case: its measured sensitivity sets the tolerance.
-    one = results[0]
-    ref, perturbed = (_load(one, f"soap-{m}-float32", 0)["params"] for m in ("ddp", "perturbed"))
-    assert_within(got, want, tolerances(ref, perturbed, 1e-5), "resumed in 1 vs 2 processes")
+@pytest.mark.parametrize("name", CKPT_CASES)
+def test_user_checkpoint_resumes_across_fsdp2_and_world_sizes(results, name):
+    """``soap.checkpoint.save``/``load`` in user code, FSDP2 (``DTensor``) parameters: a
+    2-process checkpoint continues with 2 FSDP2 processes (2 -> 2) and with 1 (2 -> 1), and a
+    1-process checkpoint with 2 FSDP2 processes (1 -> 2), each to the parameters of the run
+    that was not interrupted, within the problem's calibrated tolerance."""
+    one, runs = results
+    case = {"soap": "soap", "shampoo": "shampoo", "muon": "muon"}[name]
+    ref, perturbed = (_load(one, f"{case}-{m}-float32", 0)["params"] for m in ("ddp", "perturbed"))
+    tols = tolerances(ref, perturbed, 1e-5)
+    two = runs[2]
+    loads = _checkpoint_loads(results)
+    for label, d, mode in (
+        ("2 -> 2", two, "fsdp"),
+        ("2 -> 1", two, "ddp"),
+        ("1 -> 2", one, "fsdp"),
+    ):
+        want = torch.load(d / f"ckpt-{name}-save-{'fsdp' if d == two else 'ddp'}.pt")
+        got = torch.load(loads[(str(d), mode)] / f"ckpt-{name}-load-{mode}.pt")
+        assert_within(got, want, tols, f"{name} {label}")
+
+
+_LOADED: dict = {}
+
+
+def _checkpoint_loads(results) -> dict:
+    """Run the three loads once for all cases (each writes into the checkpoint's directory)."""
+    if not _LOADED:
+        one, runs = results
+        _torchrun(2, runs[2], "ckpt_load:fsdp", 29617)
+        _one_process(runs[2], "ckpt_load:ddp")
+        _torchrun(2, one, "ckpt_load:fsdp", 29619)
+        _LOADED.update(
+            {
+                (str(runs[2]), "fsdp"): runs[2],
+                (str(runs[2]), "ddp"): runs[2],
+                (str(one), "fsdp"): one,
+            }
+        )
+    return _LOADED

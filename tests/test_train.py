@@ -493,7 +493,7 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path, cache_dir):
     (run_dir / "summary.json").unlink()  # not completed: it will try to resume
     for f in (run_dir / "checkpoints").glob("step-*/*"):
         f.write_bytes(b"garbage")
-    r = cli(["train.max_steps=4", f"run_dir={run_dir}"], cache_dir)
+    r = cli(["train.max_steps=2", f"run_dir={run_dir}"], cache_dir)
     assert r.returncode == 2 and "unreadable" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     shutil.rmtree(run_dir)

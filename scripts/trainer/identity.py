@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Any
 
 CONFIG = "config.yaml"
-# Keys (or key prefixes) that do not change what is trained or measured.
+# Keys (or key prefixes) that do not change what is trained or measured: where and how it
+# runs (micro-batches keep the global batch; FSDP, compilation and the eval batch change
+# round-off only), not what.
 NOT_IDENTITY = (
+    "regime.micro_batch",
+    "train.fsdp",
+    "train.compile",
+    "train.eval_batch_size",
     "run_dir",
     "resume",
     "cache_dir",
