@@ -84,7 +84,7 @@ def check(run_dir: Path, cfg: dict[str, Any], resume: str) -> list[str]:
         return []
     diff = differences(old, cfg)
     if diff and resume != "force":
-        shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
         raise ConfigError(
             f"{run_dir} holds a run with another configuration ({shown}): use another "
             "run_dir=, or resume=force to continue it anyway (recorded in its summary.json)"

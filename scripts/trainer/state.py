@@ -167,6 +167,7 @@ def restore(run: Any, path: Path) -> None:
     """Load ``path`` into the run (every rank takes part); any number of ranks may have
     written it (the model and the optimizer state reshard)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     try:
@@ -191,7 +192,9 @@ def restore(run: Any, path: Path) -> None:
             dcp.load(states, checkpoint_id=str(path))
     except CheckpointError:
         raise
-    except Exception as e:
+    except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+        if isinstance(e, CheckpointException):  # one rank's failure, e.g. a truncated file
+            e = next(iter(e.failures.values()), e)
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
             "move it away and rerun, or use resume=never with a new run_dir"
