@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -76,12 +77,14 @@ def run_cell(
         *plan["overrides"],
         *extra,
     ]
+    if STOP.requested:  # a Ctrl-C that landed between runs (see main)
+        raise KeyboardInterrupt
     try:
         code = run_training(compose(overrides))
     except Exception as e:  # keep going: the report counts it as not reached
         code = 1
         print(f"demo: run {run_dir} failed: {type(e).__name__}: {e}", file=sys.stderr)
-    if code == EXIT_INTERRUPTED:
+    if code == EXIT_INTERRUPTED or STOP.requested:
         raise KeyboardInterrupt  # the trainer saved a checkpoint: stop the whole demo
     if code:
         print(
@@ -114,6 +117,25 @@ def sweep(out: Path, opt: str, plan: dict, extra: list[str]) -> float | None:
     return found[0] if found is not None and math.isfinite(found[1]) else None
 
 
+class _Stop:
+    """Ctrl-C between runs: Python raises KeyboardInterrupt wherever the main thread is, and
+    on a busy machine that can be inside a finalizer run by garbage collection (after a
+    run, while the next one is set up), where Python prints and swallows it; the demo then went
+    on. The demo's own handler also records the request, checked before and after every run.
+    During a run the trainer's handler takes over (checkpoint, exit 130) and gives this one
+    back when the run ends."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+
+STOP = _Stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="soap-bench demo: AdamW vs Shampoo vs SOAP at tiny scale on CPU"
@@ -127,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         help="Hydra overrides for every run, e.g. data=local data.paths=[book.txt]",
     )
     args = ap.parse_args(argv)
+    STOP.requested = False
+    previous = signal.signal(signal.SIGINT, STOP.handle)
     try:
         return _demo(args, argv)
     except KeyboardInterrupt:
@@ -135,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:

@@ -77,3 +77,53 @@ def test_ctrl_c_stops_the_whole_demo_and_restores_handlers(tmp_path, cache_dir, 
     summaries = list(out.rglob("summary.json"))
     assert len(summaries) == 1 and '"interrupted"' in summaries[0].read_text()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_between_runs_stops_the_demo_on_a_busy_machine(tmp_path, cache_dir):
+    """SIGINT right after the first run's ``completed:`` line, with three busy processes on
+    the cores: the demo stops (exit 130) and starts no further run. Each busy process ends by
+    itself after 120 s and is killed when the test ends."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO, _env
+
+    busy = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<120: pass"]
+        )
+        for _ in range(3)
+    ]
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "scripts.demo",
+                "--quick",
+                "--out",
+                str(tmp_path / "d"),
+                f"cache_dir={cache_dir}",
+            ],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        after = []
+        for line in proc.stdout:
+            if line.startswith("completed:"):
+                proc.send_signal(signal.SIGINT)
+                break
+        t0 = time.time()
+        after = proc.stdout.read().splitlines()
+        proc.wait(timeout=120)
+        assert proc.returncode == 130, proc.stderr.read()[-2000:]
+        assert time.time() - t0 < 90
+        assert not [x for x in after if x.startswith("completed:")], after
+    finally:
+        for b in busy:
+            b.kill()
