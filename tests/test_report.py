@@ -393,3 +393,42 @@ def test_regime_criteria_are_checked(tmp_path):
     assert any("soap: the best LR 0.001 is at the edge of its sweep" in n for n in notes), notes
     assert any("soap seed 0: eval loss rose to 7.400, above its first" in n for n in notes)
     assert not any("criteria met" in n for n in notes)
+
+
+def test_edge_cases_read_as_plain_sentences(tmp_path, capsys):
+    """A given target nobody reaches, an unknown --baseline, a crashed best-LR run, and
+    timings that cannot be compared across optimizers (issue 20)."""
+    power_law_runs(tmp_path)
+    assert main([str(tmp_path), "--target", "1.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "did not reach the given target 1.0000" in printed
+    assert "reached in not reached" not in printed and "adamw's final loss 1.0000" not in printed
+    assert "never (baseline reached)" not in printed
+    assert main([str(tmp_path), "--baseline", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "present: adamw, shampoo, soap" in err[0]
+    # A crashed run at the best LR says crashed, not "not reached".
+    crashed = tmp_path / "crashed"
+    make_run(crashed, "adamw", 3e-3, 1.0, [{"step": 10, "eval_loss": 3.0, "train_seconds": 1.0}])
+    make_run(crashed, "soap", 3e-3, 1.0, [], write_summary=False)
+    assert main([str(crashed)]) == 0
+    printed = capsys.readouterr().out
+    soap_line = next(x for x in printed.splitlines() if x.startswith("| soap"))
+    assert "1 crashed" in soap_line and "not reached" not in soap_line
+    assert "soap (lr 0.003): no completed run (1 crashed)" in printed
+    # Seeds of one optimizer whose s/step differ more than optimizers do: not comparable.
+    noisy = tmp_path / "noisy"
+    for opt, per_seed in (("adamw", (1.0, 1.5)), ("soap", (1.1, 1.2))):
+        for seed, sps in enumerate(per_seed):
+            d = make_run(
+                noisy,
+                opt,
+                3e-3,
+                1.0,
+                [{"step": 10, "eval_loss": 3.0, "train_seconds": 10 * sps}],
+                seed=seed,
+            )
+            s = json.loads((d / "summary.json").read_text())
+            (d / "summary.json").write_text(json.dumps({**s, "seconds_per_step": sps}))
+    c = _comparison(load_runs(noisy))
+    assert any("timings are not comparable" in n for n in c.notes), c.notes

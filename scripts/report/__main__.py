@@ -29,6 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.runs_dir).is_dir():
         print(f"error: {args.runs_dir} is not a directory of runs", file=sys.stderr)
         return 2
+    from scripts.report.load import load_runs
+
+    present = sorted({r.optimizer for r in load_runs(args.runs_dir)})
+    if present and args.baseline not in present:
+        print(
+            f"error: --baseline {args.baseline}: no such optimizer among the runs "
+            f"(present: {', '.join(present)})",
+            file=sys.stderr,
+        )
+        return 2
     res = write_report(args.runs_dir, args.out, args.target, args.baseline, wandb_upload=args.wandb)
     for name, table in res.headline.items():
         print(f"\n{name}\n{table}")

@@ -182,6 +182,9 @@ class Row:
     fit_seconds: float | None = None
     cost: dict[str, float | None] = field(default_factory=dict)
     savings: dict[str, Saving] = field(default_factory=dict)  # "<measure>_vs_<optimizer>"
+    failed: list[str] = field(
+        default_factory=list
+    )  # statuses of best-LR runs that did not complete
 
     @property
     def compared(self) -> bool:
@@ -211,6 +214,7 @@ class Comparison:
     sweep: dict[str, dict[float, float]]  # optimizer -> lr -> mean final loss (full length)
     runs: list[Run]
     notes: list[str] = field(default_factory=list)
+    target_given: bool = False  # --target, rather than the baseline's own final loss
 
     def row(self, optimizer: str) -> Row | None:
         return next((r for r in self.rows if r.optimizer == optimizer), None)
@@ -301,6 +305,7 @@ def compare(
         full = [r for r in mine if r.fraction == 1.0]
         row = Row(opt, best_lr=lr)
         row.final_eval_loss = Interval([f if (f := _final(r)) is not None else INF for r in full])
+        row.failed = [r.status for r in full if not r.completed]
         for k in COST_KEYS:
             vals = [getattr(r, k) for r in mine if getattr(r, k) is not None]
             row.cost[k] = statistics.fmean(vals) if vals else None
@@ -323,9 +328,33 @@ def compare(
                 row.fit_seconds = row.fit_steps * sps if sps is not None else None
         rows.append(row)
     _savings(rows, baseline, own_target)
-    c = Comparison(name, target, baseline, rows, sweep, runs, notes)
-    c.notes += regime_checks(c)
+    c = Comparison(name, target, baseline, rows, sweep, runs, notes, target_given=not own_target)
+    c.notes += regime_checks(c) + timing_checks(c)
     return c
+
+
+def timing_checks(c: Comparison) -> list[str]:
+    """Wall-clock compared across runs is only meaningful when runs of one optimizer agree
+    with each other better than optimizers differ (runs at different times on a shared
+    machine may not)."""
+    per_opt = {}
+    for r in c.rows:
+        vals = [x.seconds_per_step for x in c.best_runs(r.optimizer) if x.seconds_per_step]
+        if len(vals) > 1:
+            per_opt[r.optimizer] = vals
+    if len(per_opt) < 2:
+        return []
+    spread = max((max(v) - min(v)) / statistics.fmean(v) for v in per_opt.values())
+    means = sorted(statistics.fmean(v) for v in per_opt.values())
+    gap = min((b - a) / a for a, b in zip(means, means[1:], strict=False))
+    if spread <= gap:
+        return []
+    return [
+        f"timings are not comparable across optimizers: seconds per step vary by "
+        f"{100 * spread:.0f}% between seeds of one optimizer, more than the {100 * gap:.0f}% "
+        "between optimizers (runs at different times, or on a shared machine); trust the "
+        "iteration columns"
+    ]
 
 
 def regime_checks(c: Comparison) -> list[str]:
@@ -343,7 +372,8 @@ def regime_checks(c: Comparison) -> list[str]:
             )
         elif len(lrs) < 3:
             out.append(
-                f"{r.optimizer}: {len(lrs)} learning rate(s) swept: the best is not shown interior"
+                f"{r.optimizer}: only {len(lrs)} learning rate(s) swept, so the best cannot be "
+                "shown to lie inside the grid: sweep at least 3"
             )
         for run in c.best_runs(r.optimizer):
             h = [e.eval_loss for e in run.eval_history]

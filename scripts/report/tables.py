@@ -44,7 +44,7 @@ def pct(s: Saving | None) -> str:
     if s is None or s.value is None:
         return "-"
     if math.isinf(s.value):
-        return "never (baseline reached)"
+        return "did not reach it"
     mark = {True: " *", False: "", None: ""}[s.significant]
     return f"{100 * s.value:+.1f}%{mark}"
 
@@ -67,6 +67,18 @@ def has_fits(c: Comparison) -> bool:
     return c.baseline in ok and len(ok) > 1
 
 
+def final_cell(r: Row) -> str:
+    """The final loss, or what became of the runs that have none (crashed, diverged)."""
+    if not r.failed:
+        return interval(r.final_eval_loss)
+    n = r.final_eval_loss.n if r.final_eval_loss is not None else len(r.failed)
+    counts = ", ".join(f"{r.failed.count(s)} {s}" for s in sorted(set(r.failed)))
+    if len(r.failed) >= n:
+        return counts
+    done = Interval([x for x in r.final_eval_loss.values if math.isfinite(x)])
+    return f"{interval(done)} ({counts})"
+
+
 def headline(c: Comparison) -> Table:
     """The compact headline (<= 8 columns): crossing measures vs the baseline; the fit's
     iterations only when a fit saving exists (valid fits for the baseline and another)."""
@@ -84,7 +96,7 @@ def headline(c: Comparison) -> Table:
         cells = [
             r.optimizer,
             fmt(r.best_lr, 3),
-            interval(r.final_eval_loss),
+            final_cell(r),
             interval(r.cross_steps),
             pct(r.savings.get(f"cross_steps_vs_{b}")),
             interval(r.cross_seconds),
@@ -92,8 +104,14 @@ def headline(c: Comparison) -> Table:
         ]
         if fits:
             cells.append(pct(r.savings.get(f"fit_steps_vs_{b}")) if r.fit and r.fit.ok else "-")
+        if no_completed_run(r):  # nothing to measure: the final-loss cell says why
+            cells[3:] = ["-"] * (len(cells) - 3)
         rows.append(cells)
     return Table("headline", header, rows)
+
+
+def no_completed_run(r: Row) -> bool:
+    return bool(r.failed) and len(r.failed) >= (r.final_eval_loss.n if r.final_eval_loss else 0)
 
 
 def headline_full(c: Comparison) -> Table:
@@ -211,10 +229,21 @@ def verdicts(c: Comparison) -> list[str]:
     b = c.row(c.baseline)
     out = []
     if b is not None and b.compared and c.target is not None:
-        out.append(
-            f"{c.baseline} (baseline, lr {b.best_lr:g}) ended at {interval(b.final_eval_loss)}: "
-            f"the target ({c.target:.4f}), reached in {interval(b.cross_steps)} iterations"
-        )
+        if c.target_given:
+            reached = (
+                f"reached the given target {c.target:.4f} in {interval(b.cross_steps)} iterations"
+                if b.cross_steps is not None and math.isfinite(b.cross_steps.mean)
+                else f"did not reach the given target {c.target:.4f}"
+            )
+            out.append(
+                f"{c.baseline} (baseline, lr {b.best_lr:g}) ended at {final_cell(b)}: {reached}"
+            )
+        else:
+            out.append(
+                f"{c.baseline} (baseline, lr {b.best_lr:g}) ended at {final_cell(b)}, its mean "
+                f"final loss {c.target:.4f} is the target, reached at its last iteration "
+                f"({interval(b.cross_steps)})"
+            )
     for r in c.rows:
         if r.optimizer == c.baseline or not r.compared or c.target is None:
             continue
@@ -236,11 +265,16 @@ def _words(s: Saving | None, more: str, less: str) -> str:
 
 def _verdict(r: Row, c: Comparison) -> str:
     b = c.baseline
+    what = (
+        f"the given target {c.target:.4f}" if c.target_given else f"{b}'s final loss {c.target:.4f}"
+    )
+    if no_completed_run(r):
+        return f"{r.optimizer} (lr {r.best_lr:g}): no completed run ({final_cell(r)})"
     if r.cross_steps is None or not math.isfinite(r.cross_steps.mean):
-        return f"{r.optimizer} (lr {r.best_lr:g}) did not reach {b}'s final loss {c.target:.4f}"
+        return f"{r.optimizer} (lr {r.best_lr:g}) did not reach {what}"
     n = r.cross_steps.n
     return (
-        f"{r.optimizer} (lr {r.best_lr:g}) reached {b}'s final loss {c.target:.4f} in "
+        f"{r.optimizer} (lr {r.best_lr:g}) reached {what} in "
         f"{interval(r.cross_steps)} iterations ({n} seed{'s' if n > 1 else ''}): "
         f"{_words(r.savings.get(f'cross_steps_vs_{b}'), 'more', 'fewer')}; wall-clock "
         f"{_words(r.savings.get(f'cross_seconds_vs_{b}'), 'more', 'less')}"
