@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data demo demo-quick reproduce rehearsal report clean
+.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data gpu-check demo demo-quick reproduce rehearsal report clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ bench-loss: install
 
 bench-data: install
 	$(PY) -m scripts.bench_data
+
+# Everything GPU-specific in one command (<= 10 min on one GPU): results/bench/gpu_check_<gpu>.txt
+gpu-check: install
+	$(PY) -m scripts.gpu_check
 
 demo: install
 	$(PY) -m scripts.demo --report-out results/demo

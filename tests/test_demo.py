@@ -36,6 +36,7 @@ def test_makefile_targets_exist():
             "lint",
             "bench-optim",
             "bench-data",
+            "gpu-check",
             "demo",
             "reproduce",
             "report",
@@ -49,6 +50,7 @@ def test_makefile_targets_exist():
         "pytest" in r.stdout
         and "scripts.demo" in r.stdout
         and "scripts.bench_optimizer" in r.stdout
+        and "scripts.gpu_check" in r.stdout
     )
 
 
