@@ -25,6 +25,7 @@ token at 40% of 989 bf16 TFLOP/s: an estimate, not a measurement). ``--slurm`` l
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -90,13 +91,12 @@ def train_cmd(
     gpus: int,
     out: Path,
     extra: list[str],
+    nodes: int = 1,
+    restarts: int = 0,
+    head: str = "localhost",
 ) -> list[str]:
     run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}_seed{seed}"
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m"]
-        if gpus > 1
-        else [sys.executable, "-m"]
-    )
+    launcher = launch(gpus, nodes, restarts, f"{optimizer}-{lr:g}-{fraction:g}-{seed}", head)
     return [
         *launcher,
         "scripts.train",
@@ -109,6 +109,69 @@ def train_cmd(
         "train.progress=false",
         *extra,
     ]
+
+
+RDZV_PORT = 29500
+
+
+def head_node(dry: bool) -> str:
+    """The first node of this Slurm allocation: the c10d rendezvous endpoint."""
+    if dry or "SLURM_JOB_NODELIST" not in os.environ:
+        return os.environ.get("MASTER_ADDR", "$HEAD_NODE")
+    out = subprocess.run(
+        ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()[0]
+
+
+def launch(
+    gpus: int, nodes: int, restarts: int, run_id: str, head: str = "$HEAD_NODE"
+) -> list[str]:
+    """The launcher of one run: plain python (1 process), torchrun on this node, or - on
+    several nodes - ``srun`` starting one torchrun per node that meet at a c10d rendezvous on
+    the first node. ``restarts``: torchrun restarts the whole group when a rank dies (the
+    trainer resumes from its last checkpoint; tested in tests/test_multinode.py)."""
+    if nodes <= 1 and gpus <= 1 and restarts == 0:
+        return [sys.executable, "-m"]
+    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}"]
+    if restarts:
+        run.append(f"--max-restarts={restarts}")
+    if nodes <= 1:
+        return [*run, "-m"]
+    rdzv = [
+        f"--nnodes={nodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={head}:{RDZV_PORT}",
+        f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'local')}-{run_id}",
+    ]
+    return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", *run, *rdzv, "-m"]
+
+
+def sbatch_script(args: argparse.Namespace, argv: list[str]) -> str:
+    """One Slurm job over ``--nodes`` nodes that runs this driver (every phase, each run on
+    all nodes); ``--requeue``: after a preemption Slurm starts it again and the driver
+    continues (completed runs are skipped, interrupted ones resume)."""
+    inner = [a for a in argv if a not in ("--slurm", "--dry-run")]
+    out = Path(args.out or f"results/runs/{args.preset}")
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"#SBATCH --job-name=soap-bench-{args.preset}",
+            f"#SBATCH --nodes={args.nodes}",
+            "#SBATCH --ntasks-per-node=1",
+            f"#SBATCH --gpus-per-node={args.gpus}",
+            "#SBATCH --exclusive",
+            "#SBATCH --requeue",
+            f"#SBATCH --output={out}/slurm-%j.out",
+            "set -euo pipefail",
+            f"cd {shlex.quote(str(Path(__file__).resolve().parent.parent))}",
+            shlex.join([sys.executable, "-m", "scripts.reproduce", *inner]),
+            "",
+        ]
+    )
 
 
 def _final_loss(cmd: list[str]) -> float | None:
@@ -143,7 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         "--plan", action="store_true", help="print budgets and estimated GPU-hours, run nothing"
     )
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    ap.add_argument("--slurm", action="store_true", help="phase 1 via Hydra multirun + submitit")
+    ap.add_argument(
+        "--slurm",
+        action="store_true",
+        help="one node: phase 1 via Hydra multirun + submitit; --nodes N: one sbatch job",
+    )
+    ap.add_argument("--nodes", type=int, default=1, help="nodes per run (srun + c10d rendezvous)")
+    ap.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="torchrun restarts after a lost rank (default: 0 on one node, 3 on several)",
+    )
     ap.add_argument("--quick", action="store_true", help="a few steps per run (CI)")
     ap.add_argument("overrides", nargs="*", default=[], help="extra overrides for every run")
     args = ap.parse_intermixed_args(argv)  # overrides may follow the options
@@ -165,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.plan:
         return 0
+    restarts = args.max_restarts if args.max_restarts is not None else (3 if args.nodes > 1 else 0)
+    if args.slurm and args.nodes > 1:
+        script = sbatch_script(args, list(argv if argv is not None else sys.argv[1:]))
+        path = out / "reproduce.sbatch"
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        print(f"{path}:\n{script}")
+        return 0 if args.dry_run else subprocess.call(["sbatch", str(path)])
+    head = head_node(args.dry_run) if args.nodes > 1 else "localhost"
     if args.slurm:
         cmd = [
             sys.executable,
@@ -189,7 +272,19 @@ def main(argv: list[str] | None = None) -> int:
         results: list[tuple[float, float | None]] = []
         for lr in args.lrs:
             for seed in args.seeds:
-                cmd = train_cmd(args.preset, opt, lr, 1.0, seed, args.gpus, out, extra)
+                cmd = train_cmd(
+                    args.preset,
+                    opt,
+                    lr,
+                    1.0,
+                    seed,
+                    args.gpus,
+                    out,
+                    extra,
+                    args.nodes,
+                    restarts,
+                    head,
+                )
                 _run(cmd, args.dry_run)
                 results.append((lr, None if args.dry_run else _final_loss(cmd)))
         found = best_lr(results)
@@ -200,9 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         lr = best.get(opt, args.lrs[len(args.lrs) // 2])
         for frac in args.fractions:
             for seed in args.seeds:
-                _run(
-                    train_cmd(args.preset, opt, lr, frac, seed, args.gpus, out, extra), args.dry_run
+                cmd = train_cmd(
+                    args.preset,
+                    opt,
+                    lr,
+                    frac,
+                    seed,
+                    args.gpus,
+                    out,
+                    extra,
+                    args.nodes,
+                    restarts,
+                    head,
                 )
+                _run(cmd, args.dry_run)
     # Phase 3: the report.
     if args.dry_run:
         return 0

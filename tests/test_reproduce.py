@@ -72,3 +72,41 @@ def test_rehearsal_runs_every_phase_and_continues_after_a_kill(tmp_path, cache_d
     assert "| soap |" in report and "| adamw |" in report and "adamw's final loss" in report
     assert (out / "report" / "dashboard" / "index.html").exists()
     assert len(list(out.rglob("summary.json"))) == 6  # 2 optimizers x (2 LRs + 1 fraction)
+
+
+def test_multi_node_slurm_job_and_launch_commands(tmp_path, capsys):
+    """``--slurm --nodes 2``: one sbatch job over 2 nodes that runs the driver; inside it
+    every run is srun + one torchrun per node meeting at a c10d rendezvous, with restarts."""
+    from scripts.reproduce import launch, main
+
+    out = tmp_path / "rp"
+    argv = ["paper_360m_small_batch", "--slurm", "--nodes", "2", "--gpus", "8", "--out", str(out)]
+    assert main([*argv, "--dry-run"]) == 0
+    script = (out / "reproduce.sbatch").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
+    assert "#SBATCH --requeue" in script
+    last = script.strip().splitlines()[-1]
+    assert "scripts.reproduce paper_360m_small_batch --nodes 2 --gpus 8" in last
+    assert "--slurm" not in last and "--dry-run" not in last
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "paper_360m_small_batch",
+                "--nodes",
+                "2",
+                "--gpus",
+                "8",
+                "--out",
+                str(out),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    runs = [x for x in capsys.readouterr().out.splitlines() if "scripts.train" in x]
+    assert runs and all(x.startswith("+ srun --nodes=2") for x in runs)
+    for flag in ("--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d", "--max-restarts=3"):
+        assert flag in runs[0], flag
+    assert launch(1, 1, 0, "x")[-1] == "-m" and "torch.distributed.run" not in launch(1, 1, 0, "x")
+    assert "--max-restarts=1" in launch(2, 1, 1, "x")
