@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data gpu-check demo demo-quick reproduce rehearsal report clean
+.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data gpu-check tune-demo demo demo-quick reproduce rehearsal report clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ gpu-check: install
 
 demo: install
 	$(PY) -m scripts.demo --report-out results/demo
+
+# AdamW and SOAP tuned by coordinate descent (4 axes each), 2 workers sharing one SQLite study.
+tune-demo: install
+	OMP_NUM_THREADS=1 $(PY) -m scripts.tune tune.space=demo tune.optimizers=[adamw,soap] \
+		tune.budget=24 tune.workers=2 tune.out=results/tune-demo experiment=demo
+	$(PY) -m scripts.tune_report results/tune-demo
 
 demo-quick: install
 	$(PY) -m scripts.demo --quick --out results/runs/demo-quick

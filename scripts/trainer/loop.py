@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -136,7 +137,8 @@ def _prepare_run_dir(cfg: Any) -> tuple[Path, Path | None, list[str]]:
     from omegaconf import OmegaConf
 
     run_dir = Path(cfg.run_dir)
-    try:
+    created = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
+    try:  # a probe file, and the directories made for it removed again: nothing written yet
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test.{os.getpid()}"
         probe.write_text("")
@@ -145,6 +147,10 @@ def _prepare_run_dir(cfg: Any) -> tuple[Path, Path | None, list[str]]:
         raise ConfigError(
             f"run_dir={run_dir} is not writable ({e.strerror}): choose another run_dir="
         ) from None
+    finally:
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
     ck = state.latest(run_dir)
     if cfg.resume == "never" and (ck is not None or (run_dir / "summary.json").exists()):
         raise ConfigError(

@@ -1,0 +1,199 @@
+"""The tuner (issue 18): coordinate descent on a synthetic objective with a known optimum, the
+noise threshold and the budget, many workers sharing one SQLite study (one killed mid-trial),
+the whole command killed and re-run, diverged trials as results, and bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scripts import coordinate as cd
+from tests.helpers import REPO, _env
+
+AXES = [cd.Axis("lr", [1e-3, 1e-2, 1e-1], 1e-3), cd.Axis("weight_decay", [0.0, 0.1], 0.0)]
+
+
+def _bowl(config: dict, seed: int = 0) -> float:
+    from scripts.tune import synthetic
+
+    return synthetic(config, seed, 0.0)["loss"]
+
+
+def _search(axes, threshold, budget, objective=_bowl, noise_seeds=2):
+    results: dict[str, float] = {}
+    while True:
+        st = cd.replay(axes, threshold, noise_seeds, results, budget)
+        if st.done:
+            return st, results
+        for config, seed in st.pending:
+            results[cd.key(config, seed)] = objective(config, seed)
+
+
+def test_coordinate_descent_reaches_the_known_optimum():
+    st, results = _search(AXES, 0.001, budget=100)
+    assert st.incumbent == {"lr": 1e-2, "weight_decay": 0.1}
+    assert st.moves == ["lr: 0.001 -> 0.01", "weight_decay: 0 -> 0.1"]
+    assert st.passes == 2  # the second pass moves nothing
+    # each configuration once: the start, 2 lr, 1 wd; then 2 lr at the new wd, no new wd
+    assert len(results) == 6
+
+
+def test_noise_threshold_blocks_moves_below_it():
+    def flat(config, seed):  # lr 1e-2 better by 0.004 only
+        return 3.0 - (0.004 if config["lr"] == 1e-2 else 0.0)
+
+    st, _ = _search(AXES[:1], 0.005, budget=100, objective=flat)
+    assert st.incumbent == {"lr": 1e-3} and not st.moves
+    st, _ = _search(AXES[:1], 0.003, budget=100, objective=flat)
+    assert st.incumbent == {"lr": 1e-2}
+
+
+def test_threshold_measured_from_seeds():
+    def noisy(config, seed):
+        return 3.0 + [0.0, 0.01, -0.01][seed] - (0.005 if config["lr"] == 1e-2 else 0.0)
+
+    st, results = _search(AXES[:1], None, budget=100, objective=noisy, noise_seeds=2)
+    assert st.threshold == pytest.approx(0.01)  # sample std of 3.0, 3.01, 2.99
+    assert st.incumbent == {"lr": 1e-3}  # 0.005 better is within the noise
+    assert sum('"seed": 1' in k or '"seed": 2' in k for k in results) == 2
+
+
+def test_budget_is_respected():
+    st, results = _search(AXES, 0.0, budget=3)
+    assert len(results) == 3 and st.done
+
+
+# ---- the command -------------------------------------------------------------------------
+BASE = ["tune.space=synthetic", "tune.objective=synthetic", "tune.optimizers=[adamw,soap]"]
+
+
+def _tune(args, timeout=240, wait=True):
+    cmd = [sys.executable, "-m", "scripts.tune", *BASE, *args]
+    if not wait:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(
+        cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _result(out) -> dict:
+    res = json.loads((out / "tune.json").read_text())
+    for r in res["optimizers"].values():
+        r.pop("compute_seconds")
+    return res["optimizers"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune_ref")
+    r = _tune([f"tune.out={out}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("trial adamw #") >= 10  # one line per finished trial
+    _report_checks(out)
+    return _result(out)
+
+
+def _report_checks(out) -> None:
+    """scripts.tune_report: tuned settings, LR-only vs full tuning, sensitivity per axis."""
+    from scripts.tune_report import main as report
+
+    assert report([str(out)]) == 0
+    md = (out / "tune.md").read_text()
+    assert (out / "sensitivity.png").stat().st_size > 1000
+    assert "| LR only | soap |" in md and "| full | soap |" in md
+    # LR-only: the start configuration but the learning rate; the full search moved more.
+    assert "| LR only | adamw | lr=0.01, weight_decay=0.01, warmup=0.05 |" in md
+    assert "- adamw `weight_decay`: 0: " in md
+
+
+def test_diverged_trials_are_results_and_the_search_goes_on(uninterrupted):
+    adamw = uninterrupted["adamw"]
+    assert adamw["diverged"] >= 1 and adamw["converged"]
+    assert adamw["best"] == {"lr": 1e-2, "weight_decay": 0.1, "warmup": 0.1}
+    assert any(t["status"] == "diverged" for t in adamw["trials_table"])
+
+
+def _configs(res: dict) -> dict[str, list[str]]:
+    return {
+        opt: sorted(json.dumps([t["config"], t["seed"]], sort_keys=True) for t in r["trials_table"])
+        for opt, r in res.items()
+    }
+
+
+def test_two_workers_one_killed_mid_trial(tmp_path, uninterrupted):
+    args = [f"tune.out={tmp_path}", "tune.synthetic_seconds=0.4", "tune.heartbeat_s=1"]
+    a, b = _tune(args, wait=False), _tune(args, wait=False)
+    time.sleep(5)  # both are mid-search, each in a 0.4 s trial most of the time
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    out, err = b.communicate(timeout=240)
+    assert b.returncode == 0, err[-2000:]
+    got = _result(tmp_path)
+    configs = _configs(got)
+    for opt, want in _configs(uninterrupted).items():
+        assert configs[opt] == want, opt  # no configuration lost, none completed twice
+    assert {o: r["best"] for o, r in got.items()} == {
+        o: r["best"] for o, r in uninterrupted.items()
+    }
+
+
+def test_killed_command_continues_to_the_same_result(tmp_path, uninterrupted):
+    args = [
+        f"tune.out={tmp_path}",
+        "tune.synthetic_seconds=0.3",
+        "tune.heartbeat_s=1",
+        "tune.workers=2",
+    ]
+    p = _tune(args, wait=False)
+    time.sleep(4)
+    subprocess.run(["pkill", "-9", "-f", f"tune.out={tmp_path}"])
+    p.wait()
+    assert not (tmp_path / "tune.json").exists()
+    r = _tune(args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = _result(tmp_path)
+    for res in (got, uninterrupted):
+        for r_ in res.values():
+            r_.pop("trials_table")
+    assert got == uninterrupted
+
+
+@pytest.mark.parametrize(
+    "space,words",
+    [
+        ("optimizers:\n  adamw:\n    - {name: lr_max, values: [0.1]}\n", "unknown axis"),
+        ("optimizers:\n  adamw:\n    - {name: lr, values: []}\n", "grid is empty"),
+        (
+            "optimizers:\n  adamw:\n    - {name: lr, values: [0.1, 0.2], start: 0.3}\n",
+            "not in its grid",
+        ),
+        (
+            "optimizers:\n  adamw:\n    - {name: lr, values: [0.1]}\n  sgd: []\n",
+            "unknown optimizer",
+        ),
+    ],
+)
+def test_bad_space_files(tmp_path, space, words):
+    f = tmp_path / "space.yaml"
+    f.write_text(space)
+    r = _tune([f"tune.space={f}", "tune.optimizers=[adamw]", f"tune.out={tmp_path}"])
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_storage_and_unknown_key(tmp_path):
+    r = _tune([f"tune.out={tmp_path}", "tune.storage=sqlite:////nonexistent/dir/x.db"])
+    assert (
+        r.returncode == 2
+        and "cannot be opened" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
+    r = _tune([f"tune.out={tmp_path}", "tune.budgett=3"])
+    assert r.returncode == 2 and "budgett" in r.stderr and len(r.stderr.strip().splitlines()) == 1
