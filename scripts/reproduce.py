@@ -25,6 +25,7 @@ token at 40% of 989 bf16 TFLOP/s: an estimate, not a measurement). ``--slurm`` l
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -174,6 +175,30 @@ def sbatch_script(args: argparse.Namespace, argv: list[str]) -> str:
     )
 
 
+def tune_phase(args: argparse.Namespace, out: Path, extra: list[str]) -> dict[str, dict]:
+    """Full tuning before the comparison: ``scripts.tune`` (resumable: re-running continues
+    its study), then each optimizer's tuned learning rate and other overrides."""
+    tdir = out / "tune"
+    cmd = [
+        sys.executable, "-m", "scripts.tune", f"tune.space={args.tune_space}",
+        f"tune.optimizers=[{','.join(args.optimizers)}]", f"tune.budget={args.tune_budget}",
+        f"tune.workers={args.tune_workers}", f"tune.out={tdir}", f"experiment={args.preset}", *extra,
+    ]  # fmt: skip
+    if args.tune_storage:
+        cmd.append(f"tune.storage={args.tune_storage}")
+    _run(cmd, args.dry_run)
+    if args.dry_run:
+        return {}
+    res = json.loads((tdir / "tune.json").read_text())["optimizers"]
+    return {
+        o: {
+            "lr": r["best"]["lr"],
+            "overrides": [x for x in r["overrides"] if not x.startswith("optimizer.lr=")],
+        }
+        for o, r in res.items()
+    }
+
+
 def _final_loss(cmd: list[str]) -> float | None:
     run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))
     rec = RunRecord.read(run_dir)
@@ -212,6 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         help="one node: phase 1 via Hydra multirun + submitit; --nodes N: one sbatch job",
     )
     ap.add_argument("--nodes", type=int, default=1, help="nodes per run (srun + c10d rendezvous)")
+    ap.add_argument(
+        "--tune",
+        choices=("lr", "full"),
+        default="lr",
+        help="lr: the LR sweep (phase 1); full: scripts.tune over --tune-space first, then "
+        "every optimizer at its tuned settings (its LR sweep skipped)",
+    )
+    ap.add_argument("--tune-space", default="paper", help="a file in configs/tune")
+    ap.add_argument("--tune-budget", type=int, default=30, help="max trials per optimizer")
+    ap.add_argument("--tune-workers", type=int, default=1, help="tuner worker processes")
+    ap.add_argument("--tune-storage", default=None, help="Optuna storage URL (default SQLite)")
     ap.add_argument(
         "--max-restarts",
         type=int,
@@ -266,9 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     _run(
         [sys.executable, "-m", "scripts.prepare", f"experiment={args.preset}", *extra], args.dry_run
     )
-    # Phase 1: LR sweep at full length.
+    tuned = tune_phase(args, out, extra) if args.tune == "full" else {}
+    # Phase 1: LR sweep at full length (with full tuning: the tuned settings instead).
     best: dict[str, float] = {}
-    for opt in args.optimizers:
+    for opt in [o for o in args.optimizers if o in tuned]:
+        cmd = train_cmd(args.preset, opt, tuned[opt]["lr"], 1.0, 0, args.gpus, out,
+                        [*extra, *tuned[opt]["overrides"]], args.nodes, restarts, head)  # fmt: skip
+        _run(cmd, args.dry_run)
+        best[opt] = tuned[opt]["lr"]
+    for opt in [o for o in args.optimizers if o not in tuned]:
         results: list[tuple[float, float | None]] = []
         for lr in args.lrs:
             for seed in args.seeds:

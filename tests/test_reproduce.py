@@ -4,6 +4,7 @@ kill."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -110,3 +111,33 @@ def test_multi_node_slurm_job_and_launch_commands(tmp_path, capsys):
         assert flag in runs[0], flag
     assert launch(1, 1, 0, "x")[-1] == "-m" and "torch.distributed.run" not in launch(1, 1, 0, "x")
     assert "--max-restarts=1" in launch(2, 1, 1, "x")
+
+
+def test_full_tuning_phase_feeds_the_comparison(tmp_path, cache_dir):
+    """``--tune full``: scripts.tune first (a real, tiny space: one learning rate, 2 weight
+    decays per optimizer), then each optimizer at its tuned settings, fractions, report."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "threshold: 0.0\noptimizers:\n"
+        + "".join(
+            f"  {o}:\n    - {{name: lr, values: [1.0e-2], start: 1.0e-2}}\n"
+            "    - {name: weight_decay, values: [0.0, 0.1], start: 0.0}\n"
+            for o in ("adamw", "soap")
+        )
+    )
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "scripts.reproduce", "rehearsal", "--gpus", "1", "--quick",
+           "--optimizers", "adamw", "soap", "--fractions", "0.5", "--tune", "full",
+           "--tune-space", str(space), "--tune-budget", "3", "--out", str(out),
+           f"cache_dir={cache_dir}"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    tuned = json.loads((out / "tune" / "tune.json").read_text())["optimizers"]
+    for opt in ("adamw", "soap"):
+        best = tuned[opt]["best"]
+        assert tuned[opt]["trials"] == 2
+        run = out / opt / f"lr{best['lr']:g}_frac1_seed0"
+        cfg = (run / "config.yaml").read_text()
+        assert f"weight_decay: {best['weight_decay']}" in cfg, cfg
+        assert (out / opt / f"lr{best['lr']:g}_frac0.5_seed0" / "summary.json").exists()
+    assert "| soap |" in (out / "report" / "report.md").read_text()
