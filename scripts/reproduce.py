@@ -303,54 +303,35 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "scripts.prepare", f"experiment={args.preset}", *extra], args.dry_run
     )
     tuned = tune_phase(args, out, extra) if args.tune == "full" else {}
+
+    def cmd_for(opt: str, lr: float, frac: float, seed: int) -> list[str]:
+        more = [*extra, *tuned[opt]["overrides"]] if opt in tuned else extra
+        return train_cmd(
+            args.preset, opt, lr, frac, seed, args.gpus, out, more, args.nodes, restarts, head
+        )
+
     # Phase 1: LR sweep at full length (with full tuning: the tuned settings instead).
     best: dict[str, float] = {}
-    for opt in [o for o in args.optimizers if o in tuned]:
-        cmd = train_cmd(args.preset, opt, tuned[opt]["lr"], 1.0, 0, args.gpus, out,
-                        [*extra, *tuned[opt]["overrides"]], args.nodes, restarts, head)  # fmt: skip
-        _run(cmd, args.dry_run)
-        best[opt] = tuned[opt]["lr"]
-    for opt in [o for o in args.optimizers if o not in tuned]:
+    for opt in args.optimizers:
+        if opt in tuned:
+            best[opt] = tuned[opt]["lr"]
+            _run(cmd_for(opt, best[opt], 1.0, 0), args.dry_run)
+            continue
         results: list[tuple[float, float | None]] = []
         for lr in args.lrs:
             for seed in args.seeds:
-                cmd = train_cmd(
-                    args.preset,
-                    opt,
-                    lr,
-                    1.0,
-                    seed,
-                    args.gpus,
-                    out,
-                    extra,
-                    args.nodes,
-                    restarts,
-                    head,
-                )
+                cmd = cmd_for(opt, lr, 1.0, seed)
                 _run(cmd, args.dry_run)
                 results.append((lr, None if args.dry_run else _final_loss(cmd)))
         found = best_lr(results)
         if found is not None:
             best[opt] = found[0]
-    # Phase 2: each best LR at the schedule fractions.
+    # Phase 2: each best LR (or tuned setting) at the schedule fractions.
     for opt in args.optimizers:
         lr = best.get(opt, args.lrs[len(args.lrs) // 2])
         for frac in args.fractions:
             for seed in args.seeds:
-                cmd = train_cmd(
-                    args.preset,
-                    opt,
-                    lr,
-                    frac,
-                    seed,
-                    args.gpus,
-                    out,
-                    extra,
-                    args.nodes,
-                    restarts,
-                    head,
-                )
-                _run(cmd, args.dry_run)
+                _run(cmd_for(opt, lr, frac, seed), args.dry_run)
     # Phase 3: the report.
     if args.dry_run:
         return 0

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import REPO, _cmd, _env, cli, metrics, summary
+from tests.helpers import cli, metrics, spawn, summary
 from tests.test_train import _curve_tolerance, _same_curve, _twin_runs, _wait_for_lines
 
 RUN = [
@@ -33,15 +33,7 @@ def _node(rank: int, port: int, run_dir, cache_dir) -> subprocess.Popen:
         "--rdzv-id=soap-bench-test",
         "-m",
     ]
-    args = [*RUN, "regime.micro_batch=4", f"run_dir={run_dir}"]
-    return subprocess.Popen(
-        _cmd(args, cache_dir, launcher),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn([*RUN, "regime.micro_batch=4", f"run_dir={run_dir}"], cache_dir, launcher)
 
 
 def test_two_nodes_rendezvous_and_equal_one_process(tmp_path, cache_dir, monkeypatch):
@@ -96,14 +88,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, cache_dir):
     r = cli([*args, f"run_dir={ref}"], cache_dir, launcher=torchrun(0, 29641), timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cmd([*args, f"run_dir={run}"], cache_dir, torchrun(1, 29643)),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn([*args, f"run_dir={run}"], cache_dir, torchrun(1, 29643))
     _wait_for_lines(run / "metrics.jsonl", 8, proc)  # past the step-6 checkpoint
     workers = _workers(proc.pid)
     assert len(workers) == 2, workers

@@ -139,5 +139,7 @@ def test_full_tuning_phase_feeds_the_comparison(tmp_path, cache_dir):
         run = out / opt / f"lr{best['lr']:g}_frac1_seed0"
         cfg = (run / "config.yaml").read_text()
         assert f"weight_decay: {best['weight_decay']}" in cfg, cfg
-        assert (out / opt / f"lr{best['lr']:g}_frac0.5_seed0" / "summary.json").exists()
+        frac = out / opt / f"lr{best['lr']:g}_frac0.5_seed0"
+        assert f"weight_decay: {best['weight_decay']}" in (frac / "config.yaml").read_text()
+        assert (frac / "summary.json").exists()
     assert "| soap |" in (out / "report" / "report.md").read_text()
