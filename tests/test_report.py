@@ -432,3 +432,24 @@ def test_edge_cases_read_as_plain_sentences(tmp_path, capsys):
             (d / "summary.json").write_text(json.dumps({**s, "seconds_per_step": sps}))
     c = _comparison(load_runs(noisy))
     assert any("timings are not comparable" in n for n in c.notes), c.notes
+
+
+def test_verdicts_carry_seeds_reached_and_the_effective_data_speedup(tmp_path, capsys):
+    """Exact power laws: SOAP's full-length loss is AdamW's at 400 x (20/12)^2 steps, so its
+    effective-data speedup is (20/12)^2; a near miss names how many seeds reached."""
+    power_law_runs(tmp_path)
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    soap = next(x for x in printed.splitlines() if x.startswith("soap (lr"))
+    assert f"effective-data speedup {(20 / 12) ** 2:.2f}x" in soap, soap
+    near = tmp_path / "near"
+    hist = [
+        {"step": 50, "eval_loss": 3.0, "train_seconds": 50.0},
+        {"step": 100, "eval_loss": 2.5, "train_seconds": 100.0},
+    ]
+    make_run(near, "adamw", 3e-3, 1.0, hist)
+    for seed, last in enumerate((2.4, 2.6, 2.45)):  # one seed of three misses 2.5
+        make_run(near, "soap", 3e-3, 1.0, [hist[0], {**hist[1], "eval_loss": last}], seed=seed)
+    assert main([str(near), "--target", "2.5"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("soap (lr"))
+    assert "did not reach the given target 2.5000 in every seed: 2 of 3 seeds reached" in line, line

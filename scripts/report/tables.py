@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.report.analysis import Comparison, Interval, Row, Saving
+from scripts.report.scale import effective_data, seeds_reached
 
 
 @dataclass
@@ -270,12 +271,37 @@ def _verdict(r: Row, c: Comparison) -> str:
     )
     if no_completed_run(r):
         return f"{r.optimizer} (lr {r.best_lr:g}): no completed run ({final_cell(r)})"
+    eff = _effective_data(r, c)
     if r.cross_steps is None or not math.isfinite(r.cross_steps.mean):
-        return f"{r.optimizer} (lr {r.best_lr:g}) did not reach {what}"
+        seeds = seeds_reached(r.cross_steps.values if r.cross_steps else [])
+        near = f": {seeds}" if seeds.reached else ""
+        return (
+            f"{r.optimizer} (lr {r.best_lr:g}) did not reach {what} in every seed{near}; final "
+            f"loss {interval(r.final_eval_loss)}{eff}"
+        )
     n = r.cross_steps.n
     return (
         f"{r.optimizer} (lr {r.best_lr:g}) reached {what} in "
         f"{interval(r.cross_steps)} iterations ({n} seed{'s' if n > 1 else ''}): "
         f"{_words(r.savings.get(f'cross_steps_vs_{b}'), 'more', 'fewer')}; wall-clock "
-        f"{_words(r.savings.get(f'cross_seconds_vs_{b}'), 'more', 'less')}"
+        f"{_words(r.savings.get(f'cross_seconds_vs_{b}'), 'more', 'less')}{eff}"
     )
+
+
+def _effective_data(r: Row, c: Comparison) -> str:
+    """``; effective-data speedup 1.3x`` against the baseline's loss-vs-length fit, or why
+    there is none (scripts/report/scale.py)."""
+    base = c.row(c.baseline)
+    runs = c.best_runs(r.optimizer)
+    if base is None or base.fit is None or not runs or r.final_eval_loss is None:
+        return ""
+    pts = base.fit.points
+    done = [x for x in r.final_eval_loss.values if math.isfinite(x)]
+    if not done:
+        return ""
+    ed = effective_data(
+        [n for n, _ in pts], [x for _, x in pts], sum(done) / len(done), runs[0].steps
+    )
+    if ed.ratio is None:
+        return f"; effective-data speedup not valid ({ed.reason.split(':')[0]})"
+    return f"; effective-data speedup {ed.ratio:.2f}x ({c.baseline} would need {ed.ratio:.2f}x the tokens)"
