@@ -276,7 +276,9 @@ def summary(tc: TuneConfig, space: cd.Space, store: Any) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    out: dict[str, Any] = {"space": space.source, "budget": tc.budget, "optimizers": {}}
+    src = Path(space.source).resolve()
+    shown = src.relative_to(REPO) if src.is_relative_to(REPO) else src
+    out: dict[str, Any] = {"space": str(shown), "budget": tc.budget, "optimizers": {}}
     for opt in tc.optimizers:
         study = optuna.load_study(storage=store, study_name=f"{tc.study_name}-{opt}")
         done = [

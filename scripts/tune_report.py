@@ -25,6 +25,10 @@ from scripts.measures import crossing
 from scripts.record import RunRecord
 
 
+def cd_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
 def _row(trials: list[dict], config: dict[str, float]) -> dict | None:
     return next((t for t in trials if t["config"] == config and t["seed"] == 0), None)
 
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     res = json.loads((out / "tune.json").read_text())
     from scripts import coordinate as cd
 
-    space = cd.load_space(res["space"], list(res["optimizers"]))
+    path = Path(res["space"])
+    space = cd.load_space(path if path.is_absolute() else cd_root() / path, list(res["optimizers"]))
     starts = {o: {a.name: a.start for a in axes} for o, axes in space.axes.items()}
     sens = {o: sensitivity(r) for o, r in res["optimizers"].items()}
     plot(sens, out / "sensitivity.png")
