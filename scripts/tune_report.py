@@ -105,19 +105,21 @@ def plot(sens: dict[str, dict[str, list[tuple[float, float]]]], path: Path) -> N
 
     axes_names = sorted({a for s in sens.values() for a in s})
     fig, axs = plt.subplots(1, len(axes_names), figsize=(3.2 * len(axes_names), 3), squeeze=False)
+    colors = {opt: f"C{i}" for i, opt in enumerate(sens)}  # one colour per optimizer throughout
     for ax, name in zip(axs[0], axes_names, strict=True):
         for opt, s in sens.items():
             pts = [(x, y) for x, y in s.get(name, []) if math.isfinite(y)]
             if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", label=opt)
+                ax.plot(*zip(*pts, strict=True), "o-", color=colors[opt], label=opt)
         if name in ("lr", "eps", "epsilon", "adamw_lr"):
             ax.set_xscale("log")
         ax.set_xlabel(name)
         ax.set_ylabel("final eval loss")
         ax.grid(alpha=0.3)
-    axs[0][0].legend()
+    handles = [plt.Line2D([], [], color=c, marker="o", label=o) for o, c in colors.items()]
+    fig.legend(handles=handles, loc="upper right")
     fig.suptitle("sensitivity around the tuned optimum (other axes at their tuned values)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.94, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
