@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import cli, metrics, spawn, summary
+from tests.helpers import REPO, _cmd, _env, cli, metrics, spawn, summary
 from tests.test_train import _curve_tolerance, _same_curve, _twin_runs, _wait_for_lines
 
 RUN = [
@@ -88,7 +88,16 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, cache_dir):
     r = cli([*args, f"run_dir={ref}"], cache_dir, launcher=torchrun(0, 29641), timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "killed"
-    proc = spawn([*args, f"run_dir={run}"], cache_dir, torchrun(1, 29643))
+    # Not spawn(): in a new session (setsid) torchrun's restarted group failed to connect
+    # (gloo: connection refused), every time; under the test's own session it restarts.
+    proc = subprocess.Popen(
+        _cmd([*args, f"run_dir={run}"], cache_dir, torchrun(1, 29643)),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_lines(run / "metrics.jsonl", 8, proc)  # past the step-6 checkpoint
     workers = _workers(proc.pid)
     assert len(workers) == 2, workers
