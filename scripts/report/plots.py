@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.report.analysis import Comparison, power_law
+from scripts.report.analysis import Comparison
+from scripts.report.fit import power_law
 
 COLORS = {"adamw": "#1f77b4", "soap": "#d62728", "shampoo": "#2ca02c", "muon": "#9467bd"}
 

@@ -1,7 +1,7 @@
 """Measures for comparing optimizers across experiments (issue 19), pure functions.
 
 * :func:`effective_data`: the baseline's final loss against training tokens over its
-  schedule fractions, ``L(D) = a + b D^-beta`` (:func:`scripts.report.analysis.fit_power_law`
+  schedule fractions, ``L(D) = a + b D^-beta`` (:func:`scripts.report.fit.fit_power_law`
   on tokens), inverted at another optimizer's final loss: the tokens the baseline would need,
   ``D_eff``; the speedup is ``D_eff / D``. A faster optimizer's loss lies below the baseline's
   longest run, so the fit extrapolates, as in Wen et al. 2025, but at most ``MAX_EXTRAPOLATION``
@@ -22,7 +22,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scripts.report.analysis import fit_power_law
+from scripts.report.fit import fit_power_law
 
 MAX_EXTRAPOLATION = 4.0  # D_eff at most this many times the baseline's longest fitted run
 
