@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import functional as F
+from ._validate import state_dict_writer
 from .layout import STEP, Layout, ShapePlan, plan_shape, to_working
 from .nonfinite import (
     finite_flags,
@@ -47,26 +48,6 @@ from .nonfinite import (
 
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
 _REFERENCE_KEYS = ("GG", "Q")  # state entries of the public reference SOAP
-# A hyperparameter only one optimizer class has: names the class that wrote a state dict.
-_SIGNATURES = (
-    ("shampoo_beta", "SOAP"),
-    ("max_preconditioner_dim", "Shampoo"),
-    ("ns_steps", "Muon"),
-    ("amsgrad", "AdamW"),  # torch.optim.AdamW / Adam
-)
-
-
-def state_dict_writer(state_dict: dict[str, Any]) -> str | None:
-    """The optimizer class that wrote ``state_dict``, when its hyperparameters tell."""
-    if "optimizers" in state_dict:
-        return "MuonAdamW (a ChainedOptimizer)"
-    keys = set().union(*(set(g) for g in state_dict.get("param_groups", [])))
-    for key, name in _SIGNATURES:
-        if key in keys:
-            return name
-    if {"betas", "distributed"} <= keys:  # soap.muon.AdamW: none of the keys above
-        return "AdamW"
-    return None
 
 
 def is_dtensor(t: Tensor) -> bool:

@@ -63,3 +63,25 @@ def check_positive_int(group: dict[str, Any], key: str, name: str) -> None:
 def check_bools(group: dict[str, Any], keys: Iterable[str], name: str) -> None:
     for k in keys:
         _check(isinstance(group[k], bool), f"{name}: {k} must be a bool, got {group[k]!r}")
+
+
+# A hyperparameter only one optimizer class has: names the class that wrote a state dict.
+_SIGNATURES = (
+    ("shampoo_beta", "SOAP"),
+    ("max_preconditioner_dim", "Shampoo"),
+    ("ns_steps", "Muon"),
+    ("amsgrad", "AdamW"),  # torch.optim.AdamW / Adam
+)
+
+
+def state_dict_writer(state_dict: dict[str, Any]) -> str | None:
+    """The optimizer class that wrote ``state_dict``, when its hyperparameters tell."""
+    if "optimizers" in state_dict:
+        return "MuonAdamW (a ChainedOptimizer)"
+    keys = set().union(*(set(g) for g in state_dict.get("param_groups", [])))
+    for key, name in _SIGNATURES:
+        if key in keys:
+            return name
+    if {"betas", "distributed"} <= keys:  # soap.muon.AdamW: none of the keys above
+        return "AdamW"
+    return None

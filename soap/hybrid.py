@@ -106,7 +106,7 @@ class ChainedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "optimizers" not in state_dict:
-            from ._base import state_dict_writer
+            from ._validate import state_dict_writer
 
             writer = state_dict_writer(state_dict) or "another optimizer"
             raise ValueError(
