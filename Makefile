@@ -51,10 +51,11 @@ gpu-check: install
 demo: install
 	$(PY) -m scripts.demo --report-out results/demo
 
-# AdamW and SOAP tuned by coordinate descent (4 axes each), 2 workers sharing one SQLite study.
+# AdamW and SOAP tuned by coordinate descent (3 axes each), 2 workers sharing one SQLite study.
 tune-demo: install
 	OMP_NUM_THREADS=1 $(PY) -m scripts.tune tune.space=demo tune.optimizers=[adamw,soap] \
-		tune.budget=24 tune.workers=2 tune.out=results/tune-demo experiment=demo
+		tune.budget=13 tune.workers=2 tune.out=results/tune-demo experiment=demo \
+		train.max_steps=40
 	$(PY) -m scripts.tune_report results/tune-demo
 
 demo-quick: install

@@ -50,7 +50,11 @@ class TrainConfig:
     loss_chunk_tokens: int | None = None  # tokens per chunk of the loss; None: ~128 MB logits
     max_bad_steps: int = 0  # non-finite losses/gradients tolerated (skipped) before stopping
     compile: str = "auto"  # auto: compile the decoder layers on CUDA; true | false
-    fsdp: bool = False  # FSDP2 parameter sharding (DDP otherwise)
+    fsdp: bool = False  # FSDP2 parameter sharding over every rank (DDP otherwise)
+    # HSDP: FSDP2 on a replicate x shard mesh (torchtitan's names); dp_replicate * dp_shard =
+    # the number of processes; dp_shard=-1: the processes left. dp_replicate=1 + fsdp: FSDP2.
+    dp_replicate: int = 1
+    dp_shard: int = -1
     dist_timeout_s: int = 1800  # the longest any collective may wait (process group timeout)
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; no | bf16
     log_every: int = 1  # metrics lines (and non-TTY progress lines) every N iterations

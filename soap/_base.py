@@ -13,18 +13,8 @@ pointers or reads a device value). Replace state tensors only through ``load_sta
 With ``foreach=False`` every parameter is its own bucket (the plain path); the maths is the
 same code either way.
 
-Non-finite gradients (``nonfinite_grad``):
-
-* ``"skip"`` (default): a parameter whose gradient has a NaN/inf is left exactly as it was -
-  value, moments, factors and bases - while the others step. On accelerators and under
-  ``torch.compile`` the decision is made on the device (a 0/1 mask folded into the EMA
-  weights and the step size): no host synchronisation, no graph break. On CPU tensors, where
-  reading a value costs nothing, one host check per step picks the unmasked fast path when
-  every gradient is finite. The tensor's step counter still advances (it times the refreshes).
-  ``skipped_updates`` counts the skipped parameter updates (a device tensor; read it when
-  convenient, e.g. at evaluation).
-* ``"raise"``: :class:`NonFiniteGradientError` naming the parameters, before any state is
-  touched. This needs the answer on the host: one synchronisation per step.
+Non-finite gradients (``nonfinite_grad``, "skip" or "raise"): see :mod:`soap.nonfinite`.
+The step count and why it is a tensor: :mod:`soap.stepcount`.
 """
 
 from __future__ import annotations
@@ -45,6 +35,7 @@ from .nonfinite import (
     host_all_finite,
     raise_on_nonfinite,
 )
+from .stepcount import Cohorts, advance, as_count, new_count
 
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
 _REFERENCE_KEYS = ("GG", "Q")  # state entries of the public reference SOAP
@@ -85,6 +76,7 @@ class BucketedOptimizer(Optimizer):
             "distribution": None,  # soap.distributed.Distribution, or False: not needed
             "skipped": None,  # device tensor: parameter updates skipped for non-finite grads
             "scratch": {},  # reusable temporaries on CPU (fresh allocations page-fault there)
+            "cohorts": Cohorts(),  # which parameters are at the same step (soap.stepcount)
         }
         super().__init__(params, defaults)
 
@@ -172,12 +164,16 @@ class BucketedOptimizer(Optimizer):
                 g.setdefault(k, v)
         saved = state_dict["state"]
         params = [p for g in self.param_groups for p in g["params"]]
+        counts = {}
         for idx, p in enumerate(params):
             if idx not in saved:
                 continue
             for k, v in saved[idx].items():
-                if isinstance(v, Tensor):
+                if k == STEP:  # a CPU tensor whatever was saved (an int from older versions)
+                    self.state[p][k] = counts[id(p)] = as_count(v)
+                elif isinstance(v, Tensor):
                     self.state[p][k] = v.to(device=p.device, copy=True)
+        self._book["cohorts"].loaded(counts)
         self._invalidate()
 
     @torch.no_grad()
@@ -215,6 +211,7 @@ class BucketedOptimizer(Optimizer):
                 ]
             )
         host_ok = self._host_all_finite(grads)
+        self._book["cohorts"].stepped()
         first = False
         for b, gs, ts in zip(buckets, grads, targets, strict=True):
             group = self.param_groups[b.group_index]
@@ -288,6 +285,8 @@ class BucketedOptimizer(Optimizer):
         cached = self._book["plan"]
         if cached is not None and cached[0] == signature:
             return cached[1]
+        if cached is not None:
+            self._book["cohorts"].moved_on(p for b in cached[1] for p in b.params)
         buckets = self._build_buckets(self._active())
         self._book["plan"] = (signature, buckets)
         return buckets
@@ -295,12 +294,14 @@ class BucketedOptimizer(Optimizer):
     def _build_buckets(self, active: list[tuple[int, Tensor]]) -> list[Bucket]:
         keyed: dict[tuple, list[Tensor]] = {}
         layouts: dict[tuple, Layout] = {}
+        cohorts = self._book["cohorts"]
         for gi, p in active:
             group = self.param_groups[gi]
             layout = self._layout(p, group)
             st = self.state.get(p)
-            step = st.get(STEP) if st else None
-            key: tuple = (gi, layout, step, p.device, p.dtype)
+            started = bool(st) and STEP in st
+            # Same cohort: same step (soap.stepcount), without reading a count on the host.
+            key: tuple = (gi, layout, started, cohorts.of(p), p.device, p.dtype)
             # Stacking pays for many small matrices (one batched kernel instead of many
             # launches); for large ones a batched matmul is slower than separate ones
             # (measured on CPU: 15-25% for 32100x256), so they stay on their own.
@@ -311,7 +312,7 @@ class BucketedOptimizer(Optimizer):
         buckets = []
         for key, ps in keyed.items():
             layout = layouts[key]
-            first = key[2] is None
+            first = not key[2]
             spec = self._state_spec(layout)
             if first:
                 lead = (layout.blocks,) if layout.blocks > 1 else ()
@@ -320,7 +321,7 @@ class BucketedOptimizer(Optimizer):
                     for name, shape in spec.items():
                         init = self._init_state(name, shape, p.device)
                         st[name] = init.expand(*lead, *shape).clone() if lead else init
-                    st[STEP] = 0
+                    st[STEP] = new_count()
             if layout.blocks > 1:  # the state already has the blocks as its batch dimension
                 bufs = {n: self.state[ps[0]][n] for n in spec}
             else:
@@ -391,9 +392,9 @@ class BucketedOptimizer(Optimizer):
             buf = store[slot] = torch.empty(n, dtype=torch.float32)
         return buf[:n].view(shape)
 
-    def _set_step(self, params: list[Tensor], step: int) -> None:
-        for p in params:
-            self.state[p][STEP] = step
+    def _advance(self, params: list[Tensor]) -> int | Tensor:
+        """One more step for a bucket's ``params``: the new count (:mod:`soap.stepcount`)."""
+        return advance([self.state[p][STEP] for p in params])
 
     _apply_update = staticmethod(F.apply_update_)
     _apply_product_update = staticmethod(F.apply_product_update_)

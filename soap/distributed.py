@@ -36,6 +36,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._collectives import _device, _row_numel, _split, all_gather_flat
+
+__all__ = ["Distribution", "all_gather_flat", "assign_owners"]
+
 
 def _world() -> tuple[Any, int, int] | None:
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
@@ -80,6 +84,8 @@ class Distribution:
     checked: bool = False
     comm_bytes_per_step: int = 0
     _rows: dict[int, list[int]] = field(default_factory=dict)  # FSDP2: dim-0 rows per rank
+    _shard_rows: dict[int, list[int]] = field(default_factory=dict)  # ... and per shard index
+    _where: list[tuple[int, int]] = field(default_factory=list)  # rank -> (replica, shard)
 
     @staticmethod
     def create(opt: Any) -> Distribution | bool:
@@ -263,22 +269,47 @@ class Distribution:
 
     # ---- FSDP2: shards to owners, full step, rows back -------------------------------------
     def _check_placements(self, opt: Any) -> None:
-        from torch.distributed.tensor import Shard
+        """FSDP2 (``Shard(0)`` on a 1-D mesh) or HSDP (``(Replicate(), Shard(0))`` on a 2-D
+        replicate x shard mesh), the mesh spanning the world. Records, per rank, its replica
+        and shard index, and per parameter the dim-0 rows of each rank and of each shard."""
+        from torch.distributed.tensor import Replicate, Shard
 
+        mesh = self.params[0].device_mesh
+        ok = {1: (Shard(0),), 2: (Replicate(), Shard(0))}
         for p in self.params:
-            if tuple(p.placements) != (Shard(0),) or p.device_mesh.ndim != 1:
+            if p.device_mesh != mesh or tuple(p.placements) != ok.get(mesh.ndim):
                 raise TypeError(
                     f"{opt._name}: parameter {opt._param_name(p)} is a DTensor with placements "
                     f"{tuple(p.placements)} on a {p.device_mesh.ndim}-D mesh; the distributed "
-                    "mode supports FSDP2's Shard(0) on one mesh dimension (fully_shard without "
-                    "tensor parallelism or HSDP)"
+                    "mode supports FSDP2's Shard(0) on one mesh and HSDP's (Replicate(), "
+                    "Shard(0)) on a replicate x shard mesh, the same mesh for every parameter "
+                    "(no tensor parallelism)"
                 )
+        grid = mesh.mesh.reshape(-1, mesh.mesh.shape[-1]).tolist()  # (replicas, shards)
+        if sorted(r for row in grid for r in row) != list(range(self.world)):
+            raise TypeError(
+                f"{opt._name}: the parameters' device mesh {grid} does not span the "
+                f"{self.world} ranks of the default process group; shard over all of them"
+            )
+        self._where = [(0, 0)] * self.world
+        for i, row in enumerate(grid):
+            for j, r in enumerate(row):
+                self._where[r] = (i, j)
         local = torch.tensor([p.to_local().shape[0] for p in self.params], dtype=torch.int64)
         out = torch.empty(self.world * local.numel(), dtype=torch.int64)
         all_gather_flat(out, local, group=self.group)
         rows = out.view(self.world, -1)
         for i, p in enumerate(self.params):
             self._rows[id(p)] = rows[:, i].tolist()
+            self._shard_rows[id(p)] = [self._rows[id(p)][r] for r in grid[0]]
+
+    def _sources(self, owner: int) -> list[int]:
+        """The ranks that send their shards to ``owner``: those of its replica, in shard
+        order (every replica holds the same values and, after HSDP's all-reduce, the same
+        gradients, so one replica's shards make the full tensor)."""
+        rep = self._where[owner][0]
+        mine = [r for r in range(self.world) if self._where[r][0] == rep]
+        return sorted(mine, key=lambda r: self._where[r][1])
 
     def _gather_to_owners(
         self, active: list[Tensor]
@@ -286,15 +317,21 @@ class Distribution:
         """Send every local (grad, value) shard to its owner; return full (grad, value) of the
         parameters this rank owns (fp32)."""
         dev = _device(active)
+        rep = self._where[self.rank][0]
         send = [[] for _ in range(self.world)]
         for p in active:
+            owner = self.owner[id(p)]
+            if self._where[owner][0] != rep:  # the owner's replica sends (HSDP)
+                continue
             g = p.grad.to_local().reshape(-1).float()
             v = p.detach().to_local().reshape(-1).float()
-            send[self.owner[id(p)]] += [g, v]
+            send[owner] += [g, v]
         in_sizes = [sum(t.numel() for t in s) for s in send]
         mine = [p for p in active if self.owns(p)]
+        sources = self._sources(self.rank)
         out_sizes = [
-            sum(2 * self._rows[id(p)][r] * _row_numel(p) for p in mine) for r in range(self.world)
+            sum(2 * self._rows[id(p)][r] * _row_numel(p) for p in mine) if r in sources else 0
+            for r in range(self.world)
         ]
         inp = (
             torch.cat([t for s in send for t in s]) if any(in_sizes) else torch.zeros(0, device=dev)
@@ -306,7 +343,7 @@ class Distribution:
         cursor = [0] * self.world
         gparts: dict[int, list[Tensor]] = {id(p): [] for p in mine}
         vparts: dict[int, list[Tensor]] = {id(p): [] for p in mine}
-        for r in range(self.world):
+        for r in sources:  # shard order
             for p in mine:
                 n = self._rows[id(p)][r] * _row_numel(p)
                 c = cursor[r]
@@ -326,10 +363,10 @@ class Distribution:
         dev = _device(active)
         mine = [p for p in active if self.owns(p)]
         send = [[] for _ in range(self.world)]
-        for p in mine:
-            rows = torch.split(values[id(p)].float(), self._rows[id(p)], dim=0)
+        for p in mine:  # every rank gets its shard's rows (HSDP: every replica's rank too)
+            rows = torch.split(values[id(p)].float(), self._shard_rows[id(p)], dim=0)
             for r in range(self.world):
-                send[r].append(rows[r].reshape(-1))
+                send[r].append(rows[self._where[r][1]].reshape(-1))
         in_sizes = [sum(t.numel() for t in s) for s in send]
         out_sizes = [
             sum(
@@ -353,34 +390,3 @@ class Distribution:
             local.copy_(pieces[r][cursor[r] : cursor[r] + n].view_as(local))
             cursor[r] += n
         self.comm_bytes_per_step += 4 * (sum(in_sizes) + sum(out_sizes))
-
-
-def all_gather_flat(out: Tensor, inp: Tensor, group: Any, async_op: bool = False) -> Any:
-    """One flat all-gather (``all_gather_single`` from torch 2.13; the older name before)."""
-    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    return fn(out, inp, group=group, async_op=async_op)
-
-
-def _split(ps: list[Tensor], n: int) -> list[list[Tensor]]:
-    """``ps`` in order, cut into ``n`` consecutive runs of about equal numel."""
-    total = sum(p.numel() for p in ps)
-    out: list[list[Tensor]] = [[] for _ in range(n)]
-    seen = 0
-    for p in ps:
-        k = min(n - 1, int(n * seen / total)) if total else 0
-        out[k].append(p)
-        seen += p.numel()
-    return out
-
-
-def _row_numel(p: Tensor) -> int:
-    n = 1
-    for s in tuple(p.shape)[1:]:
-        n *= s
-    return n
-
-
-def _device(ts: list[Tensor]) -> torch.device:
-    for t in ts:
-        return t.device if type(t).__name__ != "DTensor" else t.to_local().device
-    return torch.device("cpu")

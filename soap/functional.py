@@ -18,7 +18,6 @@ the ``mats`` lists below is ``None``.
 
 from __future__ import annotations
 
-import math
 import string
 from collections.abc import Sequence
 
@@ -163,11 +162,16 @@ def factored_second_moment_(
     return (row / scale).unsqueeze(-1) * col.unsqueeze(-2)
 
 
-def soap_step_size(lr: float, beta1: float, beta2: float, step: int, correct_bias: bool) -> float:
-    """``lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` (reference bias correction), or ``lr``."""
+def soap_step_size(
+    lr: float, beta1: float, beta2: float, step: int | Tensor, correct_bias: bool
+) -> float | Tensor:
+    """``lr * sqrt(1 - beta2^t) / (1 - beta1^t)`` (reference bias correction), or ``lr``.
+
+    ``step`` is a host int eagerly, the step-count tensor under ``torch.compile`` (then the
+    result is a tensor too: no graph is specialised on the step)."""
     if not correct_bias:
         return lr
-    return lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+    return lr * (1.0 - beta2**step) ** 0.5 / (1.0 - beta1**step)
 
 
 def normalize_rms(u: Tensor) -> Tensor:
@@ -192,7 +196,7 @@ def apply_update_(
     targets: list[Tensor],
     plan: ShapePlan,
     update: Tensor,
-    step_size: float,
+    step_size: float | Tensor,
     decay: float,
     decay_first: bool,
     keep: Tensor | None,
@@ -201,7 +205,11 @@ def apply_update_(
 
     ``decay_first`` selects torch AdamW's order (decay, then update); the SOAP reference
     decays after the update. With a mask ``keep`` both are scaled per tensor on the device.
+    A tensor ``step_size`` (bias correction from the step-count tensor, under compile) is
+    folded into the update, as the mask is.
     """
+    if keep is None and isinstance(step_size, Tensor):
+        update, step_size = update * step_size, 1.0
     if keep is None:
         ups = [
             from_working(u, plan).to(t.dtype)
@@ -232,7 +240,7 @@ def apply_product_update_(
     plan: ShapePlan,
     a: Tensor,
     b: Tensor,
-    step_size: float,
+    step_size: float | Tensor,
     decay: float,
     decay_first: bool,
     keep: Tensor | None,
@@ -241,6 +249,7 @@ def apply_product_update_(
     the product, the step and the weight decay are one ``addmm`` per tensor (no
     temporary, two fewer passes over the parameter)."""
     fused = keep is None and plan.permute is None and len(plan.original) == 2
+    fused = fused and not isinstance(step_size, Tensor)
     if fused and all(t.dtype == torch.float32 and t.is_contiguous() for t in targets):
         # decay after: (1 - d)(p - s u); decay first: (1 - d) p - s u.
         alpha = -step_size if decay_first else -(1.0 - decay) * step_size

@@ -87,7 +87,7 @@ class Layout:
     def refresh_flops(self) -> int:
         """FLOPs of one basis refresh: ``L Q`` (``2d^3``), Householder QR without ``R``
         (``8/3 d^3``) and the first moment's change of basis (the cheaper of ``4Nd`` and
-        ``2d^3 + 2Nd``, as :meth:`soap.SOAP._refresh` chooses)."""
+        ``2d^3 + 2Nd``, as :func:`soap.ops.soap_refresh_` chooses)."""
         n = 1
         for s in self.shape:
             n *= s

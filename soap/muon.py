@@ -143,7 +143,7 @@ class Muon(BucketedOptimizer):
     ) -> None:
         mu = group["momentum"]
         buf = bucket.buffers["momentum_buffer"]
-        self._set_step(bucket.params, self.state[bucket.params[0]]["step"] + 1)
+        self._advance(bucket.params)
         F.ema_(buf, grad, mu, keep)
         update = grad.lerp(buf, mu) if group["nesterov"] else buf
         ortho = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
@@ -215,12 +215,11 @@ class AdamW(BucketedOptimizer):
         targets: list[Tensor],
     ) -> None:
         beta1, beta2 = group["betas"]
-        step = self.state[bucket.params[0]]["step"] + 1
-        self._set_step(bucket.params, step)
+        step = self._advance(bucket.params)
         buf = bucket.buffers
         F.adam_moments_(buf["exp_avg"], buf["exp_avg_sq"], grad, beta1, beta2, keep)
         bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
-        denom = (buf["exp_avg_sq"].sqrt() / math.sqrt(bc2)).add_(group["eps"])
+        denom = (buf["exp_avg_sq"].sqrt() / bc2**0.5).add_(group["eps"])
         lr = group["lr"]
         F.apply_update_(
             targets,

@@ -1,5 +1,19 @@
 """Non-finite gradients: the finite screen and the ``nonfinite_grad="raise"`` error (the
-``"skip"`` mask is applied on the device by the optimizers; see :mod:`soap._base`)."""
+``"skip"`` mask is applied on the device by the optimizers, :mod:`soap._base`).
+
+Non-finite gradients (``nonfinite_grad``):
+
+* ``"skip"`` (default): a parameter whose gradient has a NaN/inf is left exactly as it was -
+  value, moments, factors and bases - while the others step. On accelerators and under
+  ``torch.compile`` the decision is made on the device (a 0/1 mask folded into the EMA
+  weights and the step size): no host synchronisation, no graph break. On CPU tensors, where
+  reading a value costs nothing, one host check per step picks the unmasked fast path when
+  every gradient is finite. The tensor's step counter still advances (it times the refreshes).
+  ``skipped_updates`` counts the skipped parameter updates (a device tensor; read it when
+  convenient, e.g. at evaluation).
+* ``"raise"``: :class:`NonFiniteGradientError` naming the parameters, before any state is
+  touched. This needs the answer on the host: one synchronisation per step.
+"""
 
 from __future__ import annotations
 

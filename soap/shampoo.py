@@ -41,7 +41,8 @@ from . import functional as F
 from ._base import Bucket, BucketedOptimizer
 from ._validate import _check, check_bools, check_positive_int, validate_common
 from .layout import Layout, ShapePlan, factor_key, is_root_key, root_key
-from .linalg import full_fp32, inverse_root
+from .linalg import full_fp32
+from .ops import shampoo_roots, shampoo_roots_
 
 __all__ = ["Shampoo"]
 
@@ -197,8 +198,7 @@ class Shampoo(BucketedOptimizer):
         dims = range(len(layout.shape))
         factors = [buf.get(factor_key(i)) for i in dims]
         roots = [buf.get(root_key(i)) for i in dims]
-        step = self.state[params[0]]["step"] + 1
-        self._set_step(params, step)
+        step = self._advance(params)
 
         with full_fp32(grad.device):
             F.update_factors_(factors, grad, beta2, keep)
@@ -207,18 +207,8 @@ class Shampoo(BucketedOptimizer):
             m_hat = buf["exp_avg"] / bc1
             adam = m_hat / (buf["graft_sq"] / bc2).sqrt().add_(group["graft_eps"])
             start = group["start_preconditioning_step"]
-            if layout.any_preconditioned and step >= start:
-                if (step - start) % group["precondition_frequency"] == 0:
-                    for f, r in zip(factors, roots, strict=True):
-                        if f is not None:
-                            new = inverse_root(f / bc2, group["root"], group["epsilon"], r)
-                            # A skipped tensor keeps its root (its factor did not change).
-                            if keep is not None:
-                                new = torch.where(keep.reshape(-1, 1, 1) > 0, new, r)
-                            r.copy_(new)
-                shampoo = F.rotate(m_hat, roots, transpose=True)
-                scale = _tensor_norm(adam) / _tensor_norm(shampoo).clamp_min(1e-30)
-                direction = shampoo * scale
+            if layout.any_preconditioned:
+                direction = self._direction(group, step, start, factors, roots, m_hat, adam, keep)
             else:
                 direction = adam
             self._apply_update(
@@ -230,3 +220,44 @@ class Shampoo(BucketedOptimizer):
                 decay_first=True,
                 keep=keep,
             )
+
+    @staticmethod
+    def _direction(
+        group: dict[str, Any],
+        step: int | Tensor,
+        start: int,
+        factors: list[Tensor | None],
+        roots: list[Tensor | None],
+        m_hat: Tensor,
+        adam: Tensor,
+        keep: Tensor | None,
+    ) -> Tensor:
+        """From ``start_preconditioning_step`` on: the roots refreshed every
+        ``precondition_frequency`` steps and Shampoo's direction grafted to Adam's norm;
+        before it, Adam's. Eagerly decided on the host; under compile the roots' refresh is
+        a custom operator and the choice a ``where`` on the count (:mod:`soap.ops`)."""
+        beta2, every = group["betas"][1], group["precondition_frequency"]
+        if not isinstance(step, Tensor):
+            if step < start:
+                return adam
+            if (step - start) % every == 0:
+                bc2 = 1.0 - beta2**step
+                shampoo_roots_(factors, roots, bc2, group["root"], group["epsilon"], keep)
+        else:
+            dims = [i for i, f in enumerate(factors) if f is not None]
+            shampoo_roots(
+                step,
+                start,
+                every,
+                beta2,
+                [factors[i] for i in dims],  # type: ignore[misc]
+                [roots[i] for i in dims],  # type: ignore[misc]
+                float(group["root"]),
+                float(group["epsilon"]),
+                keep,
+            )
+        shampoo = F.rotate(m_hat, roots, transpose=True)
+        scale = _tensor_norm(adam) / _tensor_norm(shampoo).clamp_min(1e-30)
+        if not isinstance(step, Tensor):
+            return shampoo * scale
+        return torch.where(step.to(adam.device) >= start, shampoo * scale, adam)

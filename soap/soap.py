@@ -50,7 +50,8 @@ from . import functional as F
 from ._base import Bucket, BucketedOptimizer
 from ._validate import _check, check_bools, check_positive_int, validate_common
 from .layout import Layout, basis_key, factor_key
-from .linalg import eigenbasis, full_fp32, refresh_basis
+from .linalg import eigenbasis, full_fp32
+from .ops import moment_names, soap_refresh, soap_refresh_
 
 __all__ = ["SOAP"]
 
@@ -250,8 +251,7 @@ class SOAP(BucketedOptimizer):
                         q.copy_(eigenbasis(f))
                 return
 
-            step = self.state[params[0]]["step"] + 1
-            self._set_step(params, step)
+            step = self._advance(params)
             work = None if group["compile"] else self._scratch("work", grad.shape, grad)
             g_rot = F.rotate(grad, bases, transpose=True, out=work)
             exp_avg = buf["exp_avg"]
@@ -281,42 +281,33 @@ class SOAP(BucketedOptimizer):
 
             # After the update: fold this gradient into the factors, then maybe refresh.
             F.update_factors_(factors, grad, shampoo_beta, keep)
-            if layout.any_preconditioned and step % group["precondition_frequency"] == 0:
-                self._refresh(buf, factors, bases, layout.factored_second_moment)
+            if layout.any_preconditioned:
+                self._maybe_refresh(group, layout, buf, factors, bases, step)
 
     @staticmethod
-    def _refresh(
+    def _maybe_refresh(
+        group: dict[str, Any],
+        layout: Layout,
         buf: dict[str, Tensor],
         factors: list[Tensor | None],
         bases: list[Tensor | None],
-        factored: bool,
+        step: int | Tensor,
     ) -> None:
-        """Power iteration + QR per factor; permute the second moment by the new order and
-        re-express the first moment (kept rotated) in the new basis.
-
-        Along a dimension ``d`` of a tensor with ``N`` entries the first moment is either
-        rotated out with ``Q_old`` and back in with ``Q_new^T`` (``4 N d`` FLOPs), or turned
-        by the small ``Q_new^T Q_old`` (``2 d^3 + 2 N d``), whichever is cheaper: the second
-        for vocabulary-sized matrices, whose ``N`` is far larger than ``d^2``.
-        """
-        exp_avg = buf["exp_avg"]
-        n = exp_avg[0].numel()
-        olds = [q.clone() if q is not None else None for q in bases]
-        new_in: list[Tensor | None] = []
-        for i, (f, q) in enumerate(zip(factors, bases, strict=True)):
-            if f is None:
-                new_in.append(None)
-                continue
-            q_new, order = refresh_basis(f, q)
-            if factored:
-                F.permute_along_(buf["exp_avg_sq_row" if i == 0 else "exp_avg_sq_col"], 1, order)
-            else:
-                F.permute_along_(buf["exp_avg_sq"], i + 1, order)
-            q.copy_(q_new)
-            d = q.shape[-1]
-            # In: Q_new^T x, or (Q_new^T Q_old) x after no rotation out.
-            new_in.append((olds[i].mT @ q) if d * d < n else q)
-            if d * d < n:
-                olds[i] = None
-        momentum = F.rotate(exp_avg, olds, transpose=False)  # out along the other dims
-        exp_avg.copy_(F.rotate(momentum, new_in, transpose=True))
+        """Refresh the eigenbases every ``precondition_frequency`` steps: decided on the host
+        eagerly, inside a custom operator under compile (:mod:`soap.ops`)."""
+        every, factored = group["precondition_frequency"], layout.factored_second_moment
+        if not isinstance(step, Tensor):
+            if step % every == 0:
+                soap_refresh_(buf, factors, bases, factored)
+            return
+        dims = [i for i, f in enumerate(factors) if f is not None]
+        soap_refresh(
+            step,
+            every,
+            len(factors),
+            dims,
+            [factors[i] for i in dims],
+            [bases[i] for i in dims],
+            [buf[n] for n in moment_names(factored)],
+            factored,
+        )

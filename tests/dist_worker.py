@@ -73,18 +73,23 @@ def data(shapes, dtype, perturbed: bool = False):
 
 
 class Placed:
-    """Parameters as DDP (plain, identical gradients) or FSDP2 (``DTensor`` ``Shard(0)``, as
-    ``fully_shard`` leaves them after its reduce-scatter) holds them."""
+    """Parameters as DDP (plain, identical gradients), FSDP2 (``DTensor`` ``Shard(0)``, as
+    ``fully_shard`` leaves them after its reduce-scatter) or HSDP (``(Replicate(), Shard(0))``
+    on a 2 x world/2 mesh, after its reduce-scatter and all-reduce) holds them."""
 
     def __init__(self, init: list[torch.Tensor], mode: str) -> None:
         world = dist.get_world_size() if dist.is_initialized() else 1
-        self.sharded = mode == "fsdp" and world > 1
+        self.sharded = mode in ("fsdp", "hsdp") and world > 1
         if self.sharded:
             from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.tensor import Shard, distribute_tensor
+            from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-            mesh = init_device_mesh("cpu", (world,))
-            self._place = lambda x: distribute_tensor(x.clone(), mesh, [Shard(0)])
+            if mode == "hsdp":  # 2 replicas x world/2 shards, as fully_shard on a 2-D mesh
+                mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("rep", "shard"))
+                placements = [Replicate(), Shard(0)]
+            else:
+                mesh, placements = init_device_mesh("cpu", (world,)), [Shard(0)]
+            self._place = lambda x: distribute_tensor(x.clone(), mesh, placements)
         else:
             self._place = lambda x: x.clone()
         self.params = [torch.nn.Parameter(self._place(x)) for x in init]

@@ -55,7 +55,9 @@ def results(tmp_path_factory):
     runs = {}
     for n, port in ((2, 29611), (4, 29613)):
         d = tmp_path_factory.mktemp(f"w{n}")
-        _torchrun(n, d, "ddp,fsdp,mismatch" + (",ckpt_save:fsdp" if n == 2 else ""), port)
+        # 4 ranks: also HSDP (2 replicas x 2 shards), and an HSDP checkpoint.
+        more = ",ckpt_save:fsdp" if n == 2 else ",hsdp,ckpt_save:hsdp"
+        _torchrun(n, d, "ddp,fsdp,mismatch" + more, port)
         runs[n] = d
     return one, runs
 
@@ -70,8 +72,9 @@ CASES = [
 CASES += ["soap-{mode}-bfloat16", "muon-{mode}-bfloat16"]
 
 
-@pytest.mark.parametrize("world", [2, 4])
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    "world,mode", [(2, "ddp"), (2, "fsdp"), (4, "ddp"), (4, "fsdp"), (4, "hsdp")]
+)
 @pytest.mark.parametrize("case", CASES)
 def test_distributed_equals_one_process(results, world, mode, case):
     one, runs = results
@@ -146,6 +149,24 @@ def test_user_checkpoint_resumes_across_fsdp2_and_world_sizes(results, name):
     ):
         want = torch.load(d / f"ckpt-{name}-save-{'fsdp' if d == two else 'ddp'}.pt")
         got = torch.load(loads[(str(d), mode)] / f"ckpt-{name}-load-{mode}.pt")
+        assert_within(got, want, tols, f"{name} {label}")
+
+
+@pytest.mark.parametrize("name", CKPT_CASES)
+def test_hsdp_checkpoint_resumes_on_fewer_ranks(results, name):
+    """A checkpoint of 4 HSDP ranks (2 replicas x 2 shards) continues as FSDP2 on 1 x 2 ranks
+    and as one process, to the parameters of the run that was not interrupted."""
+    one, runs = results
+    ref, perturbed = (_load(one, f"{name}-{m}-float32", 0)["params"] for m in ("ddp", "perturbed"))
+    tols = tolerances(ref, perturbed, 1e-5)
+    four = runs[4]
+    if not (four / f"ckpt-{name}-load-fsdp.pt").exists():
+        _torchrun(2, four, "ckpt_load:fsdp", 29621)
+        _one_process(four, "ckpt_load:ddp")
+    want = torch.load(four / f"ckpt-{name}-save-hsdp.pt")
+    assert_within(want, ref, tols, f"{name} 2x2 uninterrupted vs one process")
+    for label, mode in (("2x2 -> 1x2", "fsdp"), ("2x2 -> 1x1", "ddp")):
+        got = torch.load(four / f"ckpt-{name}-load-{mode}.pt")
         assert_within(got, want, tols, f"{name} {label}")
 
 

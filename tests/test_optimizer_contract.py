@@ -3,6 +3,8 @@ state dicts from another optimizer class refused in one line at ``load_state_dic
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -92,3 +94,54 @@ def test_torch_schedulers_drive_muon_adamw(make):
         ) else sched.step()
         lrs.append([g["lr"] for g in opt.param_groups])
     assert len({tuple(x) for x in lrs}) > 1  # the LRs moved, in every child's groups
+
+
+# ---- the step count (soap/stepcount.py) -------------------------------------------------
+@pytest.mark.parametrize("reader", ["SOAP", "Shampoo", "Muon", "MuonAdamW"])
+def test_step_count_is_a_cpu_tensor_and_int_counts_still_load(reader):
+    """torch's format for ``state['step']`` (a 0-dim fp32 CPU tensor); a state dict written
+    when the count was an int (older soap-bench) loads and steps on identically."""
+    m = _model()
+    opt = _stepped(MAKERS[reader](m), m, steps=3)
+    sd = copy.deepcopy(opt.state_dict())  # torch's state_dict shares the live state dicts
+    leaves = sd.get("optimizers", [sd])
+    counts = [st["step"] for leaf in leaves for st in leaf["state"].values()]
+    assert counts and all(c.shape == () and c.device.type == "cpu" for c in counts)
+    for leaf in leaves:  # the old format
+        for st in leaf["state"].values():
+            st["step"] = int(st["step"])
+    m2 = _model()
+    m2.load_state_dict(m.state_dict())
+    opt2 = MAKERS[reader](m2)
+    opt2.load_state_dict(sd)
+    for o, mod in ((opt, m), (opt2, m2)):
+        torch.manual_seed(1)  # the same inputs for both
+        _stepped(o, mod, steps=2)
+    for a, b in zip(m.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cls", [soap.SOAP, soap.Shampoo])
+def test_parameters_at_different_steps_never_share_a_bucket(cls):
+    """Three same-shape matrices, two of them without a gradient on some steps, end at three
+    different counts; stacked (foreach) they must step as they do one by one. Checked once
+    by bucketing on "has state" alone: the counts came out wrong and the values moved."""
+    torch.manual_seed(0)
+    init = [torch.randn(8, 8) for _ in range(3)]
+    grads = [[torch.randn(8, 8) for _ in range(3)] for _ in range(9)]
+
+    def run(foreach: bool):
+        ps = [x.clone().requires_grad_() for x in init]
+        opt = cls(ps, lr=1e-2, precondition_frequency=2, foreach=foreach)
+        for t, gs in enumerate(grads):
+            for i, (p, g) in enumerate(zip(ps, gs, strict=True)):
+                idle = (i == 1 and 1 <= t <= 3) or (i == 2 and 5 <= t <= 6)
+                p.grad = None if idle else g.clone()
+            opt.step()
+        return ps, [int(opt.state[p]["step"]) for p in ps]
+
+    got, got_steps = run(True)
+    want, want_steps = run(False)
+    assert got_steps == want_steps and len(set(got_steps)) == 3, (got_steps, want_steps)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

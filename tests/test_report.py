@@ -453,3 +453,53 @@ def test_verdicts_carry_seeds_reached_and_the_effective_data_speedup(tmp_path, c
     assert main([str(near), "--target", "2.5"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("soap (lr"))
     assert "did not reach the given target 2.5000 in every seed: 2 of 3 seeds reached" in line, line
+
+
+def test_tuning_section_in_report_and_dashboard_and_trials_kept_out(tmp_path):
+    """``scripts.reproduce --tune full`` leaves the tuner's output (tune.json and its trial
+    runs) inside the runs directory: the report shows the tuned settings, LR-only vs full
+    savings and per-axis sensitivity, in report.md, PNG and the dashboard; the trials are not
+    runs of the comparison."""
+    power_law_runs(tmp_path)
+    n_runs = len(load_runs(tmp_path))
+    tdir = tmp_path / "tune"
+    trials = []
+    adamw = [{"lr": lr, "weight_decay": wd, "warmup": 0.05}
+             for lr, wd in ((3.16e-3, 0.01), (1e-2, 0.01), (1e-2, 0.1))]  # fmt: skip
+    soap_ = [{"lr": lr, "shampoo_beta": sb, "precondition_frequency": 10}
+             for lr, sb in ((1e-3, 0.95), (1e-2, 0.95), (1e-2, 0.9))]  # fmt: skip
+    for i, (opt, cfg, loss, slope) in enumerate(
+        [("adamw", adamw[0], 3.0, 1.0), ("adamw", adamw[1], 2.9, 1.0),
+         ("adamw", adamw[2], 2.8, 1.0), ("soap", soap_[0], 2.7, 2.0),
+         ("soap", soap_[1], 2.6, 2.0), ("soap", soap_[2], 2.5, 2.0)]
+    ):  # fmt: skip
+        hist = [{"step": s, "eval_loss": 4.0 - slope * (4.0 - loss) * s / 100, "train_seconds": s}
+                for s in (25, 50, 75, 100)]  # fmt: skip
+        hist[-1]["eval_loss"] = loss
+        d = make_run(tdir / "runs", opt, cfg["lr"], 1.0, hist, seed=i)
+        trials.append((opt, cfg, loss, str(d)))
+    res = {"space": "configs/tune/synthetic.yaml", "budget": 3, "optimizers": {}}
+    for opt in ("adamw", "soap"):
+        mine = [t for t in trials if t[0] == opt]
+        best = min(mine, key=lambda t: t[2])
+        table = [{"config": c, "seed": 0, "loss": loss, "status": "completed", "run_dir": d}
+                 for _, c, loss, d in mine]  # fmt: skip
+        res["optimizers"][opt] = {
+            "best": best[1], "loss": best[2], "threshold": 0.01, "moves": ["lr: 0.00316 -> 0.01"],
+            "passes": 2, "converged": True, "diverged": 0, "compute_seconds": 12.0,
+            "trials": len(mine), "trials_table": table,
+        }  # fmt: skip
+    (tdir / "tune.json").write_text(json.dumps(res))
+    assert len(load_runs(tmp_path)) == n_runs  # the trials are not comparison runs
+    assert main([str(tmp_path)]) == 0
+    out = tmp_path / "report"
+    md = (out / "report.md").read_text()
+    assert "## Tuning (tune)" in md and "### Tuned hyperparameters" in md
+    assert "| LR only | adamw | lr=0.01, weight_decay=0.01, warmup=0.05 |" in md
+    assert "| full | adamw | lr=0.01, weight_decay=0.1, warmup=0.05 |" in md
+    assert "| full | soap |" in md and "% fewer |" in md
+    for axis in ("lr", "weight_decay", "shampoo_beta"):
+        assert (out / "tuning" / f"sensitivity_{axis}.png").stat().st_size > 1000
+        assert f"(tuning/sensitivity_{axis}.png)" in md
+    page = (out / "dashboard" / "index.html").read_text()
+    assert "<h2>Tuning (tune)</h2>" in page and 'id="tuning-sensitivity_lr"' in page

@@ -106,11 +106,13 @@ def _report_checks(out) -> None:
 
     assert report([str(out)]) == 0
     md = (out / "tune.md").read_text()
-    assert (out / "sensitivity.png").stat().st_size > 1000
+    for axis in ("lr", "weight_decay", "warmup"):
+        assert (out / f"sensitivity_{axis}.png").stat().st_size > 1000
+        assert f"![Sensitivity to {axis} " in md
     assert "| LR only | soap |" in md and "| full | soap |" in md
     # LR-only: the start configuration but the learning rate; the full search moved more.
     assert "| LR only | adamw | lr=0.01, weight_decay=0.01, warmup=0.05 |" in md
-    assert "- adamw `weight_decay`: 0: " in md
+    assert "| adamw | weight_decay | 0: " in md
 
 
 def test_diverged_trials_are_results_and_the_search_goes_on(uninterrupted):

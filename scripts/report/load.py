@@ -62,9 +62,14 @@ def load_runs(runs_dir: str | Path) -> list[Run]:
         {p.parent for p in root.rglob("config.yaml")}
         | {p.parent for p in root.rglob("summary.json")}
     )
+    # The tuner's trials (below a tune.json, e.g. scripts.reproduce --tune full's tune/) are
+    # not runs of the comparison: the tuning section reports them (scripts/report/tuning.py).
+    tuned = {p.parent for p in root.rglob("tune.json")}
     runs = []
     for d in dirs:
         if "report" in d.relative_to(root).parts or ".sweeps" in d.parts:
+            continue
+        if any(t in d.parents for t in tuned):
             continue
         rec = RunRecord.read(d)
         if rec is None:

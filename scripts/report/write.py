@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.report import plots, tables
+from scripts.report import plots, tables, tuning
 from scripts.report.analysis import Analysis, analyse
 from scripts.report.load import Run, load_runs
 from scripts.report.page import write_dashboard
@@ -105,6 +105,12 @@ def write_report(
         sections.append(
             (c.name, [*verdicts[c.name], *(f"note: {n}" for n in c.notes)], main, details, divs)
         )
+    for tdir in sorted(p.parent for p in Path(runs_dir).rglob("tune.json")):
+        tmd, ttables, tfigs = tuning.section(tdir, out / "tuning", base=out)
+        name = f"Tuning ({tdir.relative_to(runs_dir)})"
+        md += [f"## {name}", "", *tmd]
+        divs = [plots.to_plotly_div(f, f"tuning-{f.key}") for f in tfigs]
+        sections.append((name, [], ttables[:2], ttables[2:], divs))
     (out / "report.md").write_text("\n".join(md))
     df = pd.DataFrame([{"run_dir": str(r.run_dir)} | _flat(r.record.to_dict()) for r in runs])
     df.to_csv(out / "summary.csv", index=False)

@@ -19,6 +19,8 @@ CONFIG = "config.yaml"
 NOT_IDENTITY = (
     "regime.micro_batch",
     "train.fsdp",
+    "train.dp_replicate",
+    "train.dp_shard",
     "train.compile",
     "train.eval_batch_size",
     "run_dir",

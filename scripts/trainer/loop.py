@@ -171,9 +171,21 @@ def _write_run_files(run: Run, changes: list[str]) -> None:
     info = run_info() | {
         "world_size": run.accelerator.num_processes,
         "device": str(run.accelerator.device),
+        "data_parallel": _data_parallel(run.model),
         "data": run.data_info,
     }
     (run.run_dir / "env.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def _data_parallel(model: Any) -> str:
+    """What the parameters are, read from them: ``ddp`` (plain), ``fsdp 1xS`` or ``hsdp RxS``
+    (``DTensor`` on a ``replicate x shard`` mesh)."""
+    p = next(model.parameters())
+    if type(p).__name__ != "DTensor":
+        return "ddp"
+    shape = tuple(p.device_mesh.shape)
+    r, s = (1, *shape) if len(shape) == 1 else shape
+    return f"{'hsdp' if r > 1 else 'fsdp'} {r}x{s}"
 
 
 def _sinks(run: Run, resume_step: int | None) -> Logs:

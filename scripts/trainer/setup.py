@@ -13,9 +13,14 @@ import numpy as np
 import torch
 
 from scripts.clock import TargetTracker, TrainClock
-from scripts.trainer.checks import compile_enabled, grad_accum_steps, lr_lambda, total_steps
-
-DECODER_LAYERS = ["Olmo2DecoderLayer", "LlamaDecoderLayer"]
+from scripts.trainer.checks import (
+    ConfigError,
+    compile_enabled,
+    grad_accum_steps,
+    lr_lambda,
+    total_steps,
+)
+from scripts.trainer.shard import shard_model
 
 
 @dataclass
@@ -56,23 +61,38 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def topology(train: Any, world: int) -> tuple[int, int]:
+    """``(replicas, shards)`` of the data-parallel mesh: ``(world, 1)`` for DDP, ``(1, world)``
+    for FSDP2 (``train.fsdp``), ``(R, S)`` for HSDP (``train.dp_replicate=R``, ``dp_shard=S``
+    or -1 for ``world / R``). Sizes that do not make the world are refused in one line."""
+    r, s = train.dp_replicate, train.dp_shard
+    if r < 1 or (s < 1 and s != -1):
+        raise ConfigError(
+            f"train.dp_replicate={r}, train.dp_shard={s}: use positive sizes (dp_shard=-1: the "
+            "processes left)"
+        )
+    if r == 1 and s in (-1, 1) and not train.fsdp:
+        return world, 1  # DDP
+    if s == -1 and world % r:
+        raise ConfigError(
+            f"train.dp_replicate={r} does not divide the {world} processes started: choose a "
+            f"divisor of {world}, or start a multiple of {r} processes"
+        )
+    s = world // r if s == -1 else s
+    if r * s != world:
+        raise ConfigError(
+            f"train.dp_replicate={r} x train.dp_shard={s} = {r * s} processes, but {world} "
+            f"were started: choose sizes whose product is {world}"
+        )
+    return r, s
+
+
 def accelerator(cfg: Any) -> Any:
     from accelerate import Accelerator
 
     mp = cfg.train.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
-    fsdp_plugin = None
-    if cfg.train.fsdp:
-        from accelerate import FullyShardedDataParallelPlugin
-
-        # FSDP2 (per-parameter DTensor sharding), one unit per decoder layer.
-        fsdp_plugin = FullyShardedDataParallelPlugin(
-            fsdp_version=2,
-            auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=DECODER_LAYERS,
-            reshard_after_forward=True,
-        )
     from datetime import timedelta
 
     from accelerate.utils import InitProcessGroupKwargs
@@ -83,7 +103,6 @@ def accelerator(cfg: Any) -> Any:
     return Accelerator(
         mixed_precision=mp,
         cpu=not torch.cuda.is_available(),
-        fsdp_plugin=fsdp_plugin,
         kwargs_handlers=[timeout],
     )
 
@@ -99,6 +118,7 @@ def setup(cfg: Any) -> Run:
     from soap import build_optimizer
 
     acc = accelerator(cfg)
+    replicas, shards = topology(cfg.train, acc.num_processes)
     accum = grad_accum_steps(cfg.regime.global_batch, cfg.regime.micro_batch, acc.num_processes)
     non_embedding = get_preset(cfg.model.preset).non_embedding_params(cfg.model.qk_norm)
     full, steps = total_steps(cfg, non_embedding)
@@ -131,7 +151,11 @@ def setup(cfg: Any) -> Run:
     if compile_enabled(cfg, acc.device.type):
         for layer in raw.decoder_layers:  # per block, as torchtitan: composes with DDP/FSDP2
             layer.compile()
-    model = acc.prepare(raw)
+    if shards > 1:  # FSDP2 / HSDP: sharded here, on CPU and GPU alike (scripts/trainer/shard.py)
+        shard_model(raw, replicas, shards, acc.device)
+        model = raw
+    else:
+        model = acc.prepare(raw)
     # The optimizer is built after prepare(model), on the parameters the device now holds.
     unwrapped = acc.unwrap_model(model)
     opt = build_optimizer(unwrapped, instantiate(cfg.optimizer))

@@ -1,0 +1,41 @@
+"""Small helpers of the distributed mode (:mod:`soap.distributed`): the flat all-gather
+under both of torch's names, and the shapes and devices its collectives need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def all_gather_flat(out: Tensor, inp: Tensor, group: Any, async_op: bool = False) -> Any:
+    """One flat all-gather (``all_gather_single`` from torch 2.13; the older name before)."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(out, inp, group=group, async_op=async_op)
+
+
+def _split(ps: list[Tensor], n: int) -> list[list[Tensor]]:
+    """``ps`` in order, cut into ``n`` consecutive runs of about equal numel."""
+    total = sum(p.numel() for p in ps)
+    out: list[list[Tensor]] = [[] for _ in range(n)]
+    seen = 0
+    for p in ps:
+        k = min(n - 1, int(n * seen / total)) if total else 0
+        out[k].append(p)
+        seen += p.numel()
+    return out
+
+
+def _row_numel(p: Tensor) -> int:
+    n = 1
+    for s in tuple(p.shape)[1:]:
+        n *= s
+    return n
+
+
+def _device(ts: list[Tensor]) -> torch.device:
+    for t in ts:
+        return t.device if type(t).__name__ != "DTensor" else t.to_local().device
+    return torch.device("cpu")
