@@ -1,5 +1,6 @@
 """C4-like text into packed token sequences: sources, tokenizers, prepare step, loaders."""
 
-from .sources import DataError, iter_documents
+from .config import DataError
+from .sources import iter_documents
 
 __all__ = ["DataError", "iter_documents"]

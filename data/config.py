@@ -12,10 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sources import DataError
-
 SOURCES = ("embedded", "local", "hf", "c4")
 MODES = ("prepared", "stream")
+
+
+class DataError(RuntimeError):
+    """A data problem with a one-line message that names the fix."""
 
 
 @dataclass

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import DataError
 from .prepare import Prepared
-from .sources import DataError
 
 
 class PackedSequences:

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig
+from .config import DataConfig, DataError
 from .pack import Packer, ShardWriter, token_batches
-from .sources import SPLITS, DataError, iter_documents
+from .sources import SPLITS, iter_documents
 from .tokenizer import Tokenizer, bpe_path, load_tokenizer
 
 FORMAT_VERSION = 1

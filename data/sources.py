@@ -30,16 +30,11 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .config import DataConfig
+from .config import DataConfig, DataError
 
 SPLITS = ("train", "validation")
-
-
-class DataError(RuntimeError):
-    """A data problem with a one-line message that names the fix."""
 
 
 def _in_validation(text: str, val_fraction: float) -> bool:

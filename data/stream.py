@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import DataConfig, DataError
 from .pack import Packer
-from .sources import DataError, dataset_texts, hub_dataset
+from .sources import dataset_texts, hub_dataset
 from .tokenizer import Tokenizer
 
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import TokenizerConfig
-from .sources import DataError
+from .config import DataError, TokenizerConfig
 
 EOS = "<|endoftext|>"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from scripts.bench_optimizer import SHAPE_SETS, gpt_shapes, ours
+from scripts.bench_shapes import SHAPE_SETS, gpt_shapes, ours
 
 PORT = 29651
 

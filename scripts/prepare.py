@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from data.sources import DataError
+from data.config import DataError
 
 
 def main(argv: list[str] | None = None) -> int:

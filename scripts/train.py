@@ -57,7 +57,7 @@ def _check_sweep_run_dir(argv: list[str]) -> None:
 
 def _job(cfg, multirun: bool) -> tuple[int, str | None]:
     """Run one training; the exit code and, for a failure, its one-line reason."""
-    from data.sources import DataError
+    from data.config import DataError
     from scripts.trainer.state import CheckpointError
 
     try:

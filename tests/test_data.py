@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.config import DataConfig
+from data.config import DataConfig, DataError
 from data.loader import PackedSequences, TrainLoader, validation_batches
 from data.prepare import _dtype_for, prepare, verify
-from data.sources import DataError, embedded_documents, iter_documents
+from data.sources import embedded_documents, iter_documents
 
 EMB = DataConfig()  # embedded, 5% validation, BPE 4096
 

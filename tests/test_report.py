@@ -246,11 +246,13 @@ def _chromium():
     )
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(
     _chromium() is None, reason="headless chromium not installed (.ci/run installs it)"
 )
 def test_dashboard_renders_in_headless_browser(tmp_path):
     power_law_runs(tmp_path)
+    tuner_output(tmp_path)  # with a tuning section: its sensitivity plots must draw too
     res = write_report(tmp_path, command="test")
     url = res.dashboard.resolve().as_uri()
     flags = [
@@ -276,6 +278,7 @@ def test_dashboard_renders_in_headless_browser(tmp_path):
     assert 'data-rendered="ok"' in dom, dom[:500]
     assert f'data-plots="{n_plots}/{n_plots}"' in dom  # plotly drew every figure, offline
     assert "<table>" in dom and "soap" in dom and "legendtoggle" in dom
+    assert "Sensitivity to lr" in dom
     console_errors = [
         ln
         for ln in r.stderr.splitlines()
@@ -455,14 +458,10 @@ def test_verdicts_carry_seeds_reached_and_the_effective_data_speedup(tmp_path, c
     assert "did not reach the given target 2.5000 in every seed: 2 of 3 seeds reached" in line, line
 
 
-def test_tuning_section_in_report_and_dashboard_and_trials_kept_out(tmp_path):
-    """``scripts.reproduce --tune full`` leaves the tuner's output (tune.json and its trial
-    runs) inside the runs directory: the report shows the tuned settings, LR-only vs full
-    savings and per-axis sensitivity, in report.md, PNG and the dashboard; the trials are not
-    runs of the comparison."""
-    power_law_runs(tmp_path)
-    n_runs = len(load_runs(tmp_path))
-    tdir = tmp_path / "tune"
+def tuner_output(root) -> None:
+    """A tuner's output (tune.json + its trial runs) under ``root/tune``, as
+    ``scripts.reproduce --tune full`` leaves it: AdamW and SOAP, three trials each."""
+    tdir = root / "tune"
     trials = []
     adamw = [{"lr": lr, "weight_decay": wd, "warmup": 0.05}
              for lr, wd in ((3.16e-3, 0.01), (1e-2, 0.01), (1e-2, 0.1))]  # fmt: skip
@@ -490,6 +489,16 @@ def test_tuning_section_in_report_and_dashboard_and_trials_kept_out(tmp_path):
             "trials": len(mine), "trials_table": table,
         }  # fmt: skip
     (tdir / "tune.json").write_text(json.dumps(res))
+
+
+def test_tuning_section_in_report_and_dashboard_and_trials_kept_out(tmp_path):
+    """``scripts.reproduce --tune full`` leaves the tuner's output (tune.json and its trial
+    runs) inside the runs directory: the report shows the tuned settings, LR-only vs full
+    savings and per-axis sensitivity, in report.md, PNG and the dashboard; the trials are not
+    runs of the comparison."""
+    power_law_runs(tmp_path)
+    n_runs = len(load_runs(tmp_path))
+    tuner_output(tmp_path)
     assert len(load_runs(tmp_path)) == n_runs  # the trials are not comparison runs
     assert main([str(tmp_path)]) == 0
     out = tmp_path / "report"
