@@ -208,22 +208,45 @@ def _heartbeat(storage: Any, trial_id: int, every: float, stop: threading.Event)
         storage.record_heartbeat(trial_id)
 
 
-def work(tc: TuneConfig, space: cd.Space, opt: str, rest: list[str], store: Any) -> None:
-    """Take trials of ``opt``'s study until the search is done."""
+def work(tc: TuneConfig, space: cd.Space, rest: list[str], store: Any) -> None:
+    """Take trials of every optimizer's study until all searches are done. A worker takes
+    whichever optimizer has a configuration waiting, so it is not idle while one search
+    waits for its axis' results (the searches are independent)."""
     import optuna
+
+    studies = {
+        opt: optuna.create_study(
+            storage=store, study_name=f"{tc.study_name}-{opt}", load_if_exists=True
+        )
+        for opt in tc.optimizers
+    }
+    while studies:
+        ran = False
+        for opt in list(studies):
+            got = take(tc, space, opt, studies[opt], rest, store)
+            if got == "done":
+                del studies[opt]
+            ran = ran or got == "ran"
+            if got == "ran":
+                break  # back to the first optimizer: finish searches in order when possible
+        if studies and not ran:
+            time.sleep(0.5)  # every pending configuration runs elsewhere: wait for results
+
+
+def take(tc: TuneConfig, space: cd.Space, opt: str, study: Any, rest: list[str], store: Any) -> str:
+    """One trial of ``opt`` if one is waiting: ``"ran"``, ``"waiting"`` (its pending
+    configurations all run elsewhere) or ``"done"`` (its search is over)."""
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    study = optuna.create_study(
-        storage=store, study_name=f"{tc.study_name}-{opt}", load_if_exists=True
-    )
-    axes = space.axes[opt]
     while True:
         if hasattr(store, "record_heartbeat"):
             fail_stale_trials(study)
-        st = cd.replay(axes, space.threshold, space.noise_seeds, _results(study), tc.budget)
+        st = cd.replay(
+            space.axes[opt], space.threshold, space.noise_seeds, _results(study), tc.budget
+        )
         if st.done:
-            return
+            return "done"
         trials = study.get_trials(deepcopy=False)
         live = {t.user_attrs.get("key") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE) and not t.user_attrs.get("duplicate")}  # fmt: skip
         for config, seed in st.pending:
@@ -231,8 +254,7 @@ def work(tc: TuneConfig, space: cd.Space, opt: str, rest: list[str], store: Any)
                 attrs = {"key": cd.key(config, seed), "config": config, "seed": seed}
                 study.enqueue_trial({}, user_attrs=attrs)
         if not any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-            time.sleep(0.5)  # every pending configuration runs elsewhere: wait for results
-            continue
+            return "waiting"
         trial = study.ask()
         if hasattr(store, "record_heartbeat"):  # at once: a trial with none is never stale
             store.record_heartbeat(trial._trial_id)
@@ -243,6 +265,7 @@ def work(tc: TuneConfig, space: cd.Space, opt: str, rest: list[str], store: Any)
             study.tell(trial, state=TrialState.PRUNED)
             continue
         run(tc, study, trial, opt, rest, store)
+        return "ran"
 
 
 def run(tc: TuneConfig, study: Any, trial: Any, opt: str, rest: list[str], store: Any) -> None:
@@ -330,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.Popen([sys.executable, "-m", "scripts.tune", *argv, "tune.workers=1"], cwd=REPO)
         for _ in range(tc.workers - 1)
     ]
-    for opt in tc.optimizers:
-        work(tc, space, opt, rest, store)
+    work(tc, space, rest, store)
     codes = [h.wait() for h in helpers]
     res = summary(tc, space, store)
     out = Path(tc.out)
