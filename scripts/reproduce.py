@@ -50,10 +50,10 @@ def preset_cfg(preset: str, extra: list[str] | None = None) -> Any:
     return compose([f"experiment={preset}", "run_dir=.", *(extra or [])])
 
 
-def plan(preset: str, fractions: list[float]) -> dict:
+def plan(preset: str, fractions: list[float], extra: list[str] | None = None) -> dict:
     from models.presets import get_preset
 
-    cfg = preset_cfg(preset)
+    cfg = preset_cfg(preset, extra)
     p = get_preset(cfg.model.preset)
     tokens = cfg.train.tokens_per_param * p.non_embedding_params(cfg.model.qk_norm)
     if cfg.train.max_steps:
@@ -72,6 +72,24 @@ def plan(preset: str, fractions: list[float]) -> dict:
         "h100_hours_full_run": hours,
         "h100_hours_fraction_runs": hours * sum(f for f in fractions if f < 1.0),
     }
+
+
+def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:
+    """Runs and estimated H100-hours of one experiment: the LR sweep at full length and the
+    best LR at the schedule fractions, per optimizer and seed."""
+    per = len(args.optimizers) * len(args.seeds)
+    hours = pl["h100_hours_full_run"] * per * len(args.lrs) + pl["h100_hours_fraction_runs"] * per
+    return per * (len(args.lrs) + len(args.fractions)), hours
+
+
+def plan_line(pl: dict, n_runs: int, hours: float) -> str:
+    return (
+        f"{pl['preset']}: model {pl['model']} ({pl['non_embedding_params'] / 1e6:.1f}M "
+        f"non-embedding), regime {pl['regime']}, {pl['tokens'] / 1e9:.3g}B tokens = "
+        f"{pl['steps']} iterations of {pl['tokens_per_step']:,} tokens; "
+        f"~{pl['h100_hours_full_run']:.3g} H100-hours per full-length run (estimate), "
+        f"{n_runs} runs, ~{hours:.3g} H100-hours in all"
+    )
 
 
 def rehearsal_data(cache_dir: str) -> list[str]:
@@ -218,7 +236,8 @@ def _run(cmd: list[str], dry: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("preset")
+    ap.add_argument("preset", nargs="?", help="an experiment preset (or --study NAME)")
+    ap.add_argument("--study", default=None, help="a study in configs/study (scripts/study.py)")
     ap.add_argument(
         "--gpus", type=int, default=8, help="processes per run (torchrun); 1: plain python"
     )
@@ -257,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few steps per run (CI)")
     ap.add_argument("overrides", nargs="*", default=[], help="extra overrides for every run")
     args = ap.parse_intermixed_args(argv)  # overrides may follow the options
+    if args.study:
+        from scripts import study
+
+        return study.main(args, list(argv if argv is not None else sys.argv[1:]))
+    if not args.preset:
+        ap.error("give an experiment preset, or --study NAME")
     t0 = time.time()
     out = Path(args.out or f"results/runs/{args.preset}")
     given = {o.split("=", 1)[0] for o in args.overrides}
@@ -264,15 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = preset_cfg(args.preset, extra)
     if args.preset == "rehearsal":
         extra += rehearsal_data(cfg.cache_dir)
-    pl = plan(args.preset, args.fractions)
-    n_runs = len(args.optimizers) * len(args.seeds) * (len(args.lrs) + len(args.fractions))
-    print(
-        f"{args.preset}: model {pl['model']} ({pl['non_embedding_params'] / 1e6:.1f}M non-embedding), regime {pl['regime']}, "
-        f"{pl['tokens'] / 1e9:.3g}B tokens = {pl['steps']} iterations of {pl['tokens_per_step']:,} tokens; "
-        f"~{pl['h100_hours_full_run']:.3g} H100-hours per full-length run (estimate), {n_runs} runs, "
-        f"~{pl['h100_hours_full_run'] * len(args.optimizers) * len(args.seeds) * len(args.lrs) + pl['h100_hours_fraction_runs'] * len(args.optimizers) * len(args.seeds):.3g} H100-hours in all",
-        flush=True,
-    )
+    pl = plan(args.preset, args.fractions, extra)
+    print(plan_line(pl, *budget(pl, args)), flush=True)
     if args.plan:
         return 0
     restarts = args.max_restarts if args.max_restarts is not None else (3 if args.nodes > 1 else 0)

@@ -39,11 +39,18 @@ def write_dashboard(
     command: str,
     provenance: str,
     sections: list[tuple[str, list[str], list[Table], list[Table], list[str]]],
+    links: list[tuple[str, str]] | None = None,
 ) -> Path:
-    """``sections``: (name, verdict lines, main tables, detail tables, plot divs) per group."""
+    """``sections``: (name, verdict lines, main tables, detail tables, plot divs) per group;
+    ``links``: (text, relative URL) of other pages (a study's experiments)."""
     import plotly.offline
 
     body = []
+    if links:
+        items = "".join(
+            f'<li><a href="{html.escape(u)}">{html.escape(t)}</a></li>' for t, u in links
+        )
+        body.append(f"<section><h2>Experiments</h2><ul>{items}</ul></section>")
     for name, verdicts, main, details, plots in sections:
         body.append(f"<section><h2>{html.escape(name)}</h2>")
         body += [f'<p class="verdict">{html.escape(v)}</p>' for v in verdicts]

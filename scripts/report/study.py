@@ -1,0 +1,196 @@
+"""The study report: several experiments side by side (issue 19).
+
+``python -m scripts.report.study <study dir>`` (``scripts.reproduce --study`` runs it): every
+subdirectory with runs is one experiment, analysed as ``scripts.report`` analyses it
+(:func:`scripts.report.analysis.analyse`, the baseline's own final loss as the target).
+Writes ``<study dir>/report/``:
+
+* ``report.md`` and a dashboard page: one row per experiment and optimizer with the model
+  size, tokens per step, tokens per parameter, and each measure against the baseline: the
+  crossing saving in iterations and wall-clock (mean over seeds, significance as in the
+  experiment's report), how many seeds reached the target, the paper's fit saving, and the
+  effective-data speedup (:mod:`scripts.report.scale`); each experiment's own report linked;
+* PNGs and interactive plots: the iteration saving against model size and against tokens
+  per step (one line per optimizer), and AlgoPerf-style performance profiles over the
+  study's experiments, in iterations and in wall-clock (tau from 1 to 4).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.report import plots, tables
+from scripts.report.analysis import Comparison, analyse
+from scripts.report.load import load_runs
+from scripts.report.page import write_dashboard
+from scripts.report.plots import Figure, Series, color
+from scripts.report.scale import effective_data, performance_profile, seeds_reached
+from scripts.report.tables import Table
+
+
+@dataclass
+class StudyRow:
+    experiment: str
+    optimizer: str
+    params: int | None  # non-embedding
+    tokens_per_step: int | None
+    tokens_per_param: float | None
+    iterations: float  # mean iterations to the target (inf: not reached)
+    seconds: float
+    iter_saving: float | None
+    wall_saving: float | None
+    significant: bool | None
+    seeds: str
+    fit_saving: float | None
+    d_eff: float | None
+    d_eff_reason: str | None
+
+
+def experiments(study: Path) -> list[tuple[str, Path]]:
+    """``(name, directory)`` of every subdirectory holding runs (not the study's report)."""
+    return [
+        (d.name, d)
+        for d in sorted(p for p in study.iterdir() if p.is_dir() and p.name != "report")
+        if any(d.rglob("summary.json")) or any(d.rglob("config.yaml"))
+    ]
+
+
+def _d_eff(c: Comparison, optimizer: str) -> tuple[float | None, str | None]:
+    base, row = c.row(c.baseline), c.row(optimizer)
+    runs = c.best_runs(optimizer)
+    if base is None or base.fit is None or row is None or not runs or row.final_eval_loss is None:
+        return None, "no baseline fit"
+    done = [x for x in row.final_eval_loss.values if math.isfinite(x)]
+    if not done:
+        return None, "no final loss"
+    pts = base.fit.points
+    ed = effective_data(
+        [n for n, _ in pts], [x for _, x in pts], sum(done) / len(done), runs[0].steps
+    )
+    return ed.ratio, ed.reason
+
+
+def rows(study: Path, baseline: str = "adamw") -> list[StudyRow]:
+    out = []
+    for name, d in experiments(study):
+        for c in analyse(load_runs(d), None, baseline).comparisons:
+            label = name if len({r.regime for r in c.runs}) == 1 else f"{name} {c.name}"
+            for r in c.rows:
+                if not r.compared:
+                    continue
+                runs = c.best_runs(r.optimizer)
+                rec = runs[0].record if runs else None
+                params = rec.params_non_embedding if rec else None
+                per_step = rec.tokens_per_step if rec else None
+                full = rec.full_length_steps or rec.steps if rec else 0
+                s_it = r.savings.get(f"cross_steps_vs_{baseline}")
+                s_wall = r.savings.get(f"cross_seconds_vs_{baseline}")
+                s_fit = r.savings.get(f"fit_steps_vs_{baseline}")
+                ratio, why = _d_eff(c, r.optimizer) if r.optimizer != baseline else (1.0, None)
+                out.append(StudyRow(
+                    label, r.optimizer, params, per_step,
+                    full * per_step / params if params and per_step else None,
+                    r.cross_steps.mean if r.cross_steps else math.inf,
+                    r.cross_seconds.mean if r.cross_seconds else math.inf,
+                    s_it.value if s_it else None, s_wall.value if s_wall else None,
+                    s_it.significant if s_it else None,
+                    str(seeds_reached(r.cross_steps.values if r.cross_steps else [])),
+                    s_fit.value if s_fit else None, ratio, why,
+                ))  # fmt: skip
+    return out
+
+
+def _pct(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "never" if math.isinf(x) else f"{100 * x:+.1f}%"
+
+
+def table(rs: list[StudyRow]) -> Table:
+    sig = {True: " *", False: "", None: ""}
+    return Table(
+        "One row per experiment and optimizer (savings against the baseline; * significant)",
+        ["experiment", "optimizer", "non-embedding params", "tokens/step", "tokens/param",
+         "iterations saved", "wall-clock saved", "seeds reached", "fit saving",
+         "effective-data speedup"],
+        [[r.experiment, r.optimizer, tables.fmt(r.params / 1e6, 3) + "M" if r.params else "-",
+          f"{r.tokens_per_step:,}" if r.tokens_per_step else "-",
+          tables.fmt(r.tokens_per_param, 3), _pct(r.iter_saving) + sig[r.significant],
+          _pct(r.wall_saving), r.seeds, _pct(r.fit_saving),
+          f"{r.d_eff:.2f}x" if r.d_eff is not None else f"not valid ({(r.d_eff_reason or '').split(':')[0]})"]
+         for r in rs],
+    )  # fmt: skip
+
+
+def figures(rs: list[StudyRow], baseline: str) -> list[Figure]:
+    figs = []
+    for key, attr, label in (
+        ("saving_vs_model_size", "params", "non-embedding parameters"),
+        ("saving_vs_batch", "tokens_per_step", "tokens per step"),
+    ):
+        f = Figure(key, f"Iterations saved against {baseline} vs {label}", label,
+                   f"iterations saved vs {baseline} (%)", xlog=True)  # fmt: skip
+        for opt in sorted({r.optimizer for r in rs} - {baseline}):
+            pts = sorted(
+                (getattr(r, attr), 100 * r.iter_saving)
+                for r in rs
+                if r.optimizer == opt and getattr(r, attr) and r.iter_saving is not None
+                and math.isfinite(r.iter_saving)
+            )  # fmt: skip
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                f.series.append(Series(opt, list(xs), list(ys), color(opt), group=opt))
+        figs.append(f)
+    for key, attr, what in (("profile_iterations", "iterations", "iterations"),
+                            ("profile_wallclock", "seconds", "wall-clock")):  # fmt: skip
+        grid: dict[str, dict[str, float]] = {}
+        for r in rs:
+            grid.setdefault(r.experiment, {})[r.optimizer] = getattr(r, attr)
+        f = Figure(key, f"Performance profile ({what} to the target)", "tau (x the best)",
+                   "fraction of experiments")  # fmt: skip
+        for opt, pts in performance_profile(grid).items():
+            xs, ys = zip(*pts, strict=True)
+            f.series.append(Series(opt, list(xs), list(ys), color(opt), group=opt))
+        figs.append(f)
+    return figs
+
+
+def write(study: Path, baseline: str = "adamw") -> Path:
+    rs = rows(study, baseline)
+    if not rs:
+        raise SystemExit(f"error: no experiment with runs under {study}: run the study first")
+    out = study / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    t = table(rs)
+    figs = figures(rs, baseline)
+    links = [(n, f"../{n}/report/dashboard/index.html") for n, _ in experiments(study)]
+    md = [f"# Study: {study}", "", "Produced by `python -m scripts.report.study "
+          f"{study}`. Target per experiment: {baseline}'s own final loss.", "",
+          f"## {t.title}", "", t.markdown(), ""]  # fmt: skip
+    for f in figs:
+        png = plots.to_png(f, out / f"{f.key}.png")
+        md.append(f"![{f.title}]({png.name})")
+    md += ["", "Experiments: " + ", ".join(f"[{n}](../{n}/report/report.md)" for n, _ in links)]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    divs = [plots.to_plotly_div(f, f"study-{f.key}") for f in figs]
+    write_dashboard(out, f"soap-bench study: {study}", f"python -m scripts.report.study {study}",
+                    f"{len(links)} experiments", [("Study", [], [t], [], divs)], links=links)  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or not Path(argv[0]).is_dir():
+        print("error: give a study directory (scripts.reproduce --study's --out)", file=sys.stderr)
+        return 2
+    out = write(Path(argv[0]))
+    print((out / "report.md").read_text())
+    print(f"dashboard: {out / 'dashboard' / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

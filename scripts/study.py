@@ -1,0 +1,107 @@
+"""Studies: several experiments planned, run and reported side by side (issue 19).
+
+``python -m scripts.reproduce --study NAME [--plan] [--dry-run] [reproduce's options] [overrides]``
+
+A study is ``configs/study/NAME.yaml``: ``experiments``, each a ``name``, an experiment
+``preset`` (``configs/experiment``) and optional ``overrides``. Every experiment is one
+``scripts.reproduce`` of its preset (LR sweep, schedule fractions, its own report) into
+``<out>/<name>/`` (default ``results/runs/study-NAME``), with the study command's options
+and overrides; completed runs are skipped, so re-running the command continues. Then the
+study report (:mod:`scripts.report.study`) compares the experiments: one row each, savings
+against model size and batch size, and performance profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scripts.config import CONFIGS
+
+STUDIES = CONFIGS / "study"
+
+
+@dataclass
+class Experiment:
+    name: str
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+
+
+def load(name: str) -> list[Experiment]:
+    """The experiments of ``configs/study/<name>.yaml``; a bad file is one line and exit 2."""
+    import yaml
+
+    path = STUDIES / f"{name}.yaml"
+    known = sorted(p.stem for p in STUDIES.glob("*.yaml"))
+    if not path.exists():
+        raise SystemExit(f"error: unknown study {name!r}: choose one of {known}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    items = spec.get("experiments")
+    if not isinstance(items, list) or not items:
+        raise SystemExit(f"error: {path}: give a non-empty list 'experiments'")
+    presets = {p.stem for p in (CONFIGS / "experiment").glob("*.yaml")}
+    out: list[Experiment] = []
+    for i, e in enumerate(items):
+        if not isinstance(e, dict) or not {"name", "preset"} <= set(e):
+            raise SystemExit(f"error: {path}: experiment {i} needs a 'name' and a 'preset'")
+        if e["preset"] not in presets:
+            raise SystemExit(
+                f"error: {path}: experiment {e['name']!r}: unknown preset {e['preset']!r}"
+            )
+        if e["name"] in {x.name for x in out}:
+            raise SystemExit(f"error: {path}: two experiments are named {e['name']!r}")
+        out.append(Experiment(str(e["name"]), str(e["preset"]), list(e.get("overrides") or [])))
+    return out
+
+
+def _forwarded(argv: list[str]) -> list[str]:
+    """The command's own arguments less ``--study`` and ``--out`` (each experiment gets its
+    own output directory)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--study", "--out"):
+            skip = True
+            continue
+        if a.startswith(("--study=", "--out=")):
+            continue
+        out.append(a)
+    return out
+
+
+def main(args: argparse.Namespace, argv: list[str]) -> int:
+    from scripts import reproduce
+
+    exps = load(args.study)
+    out = Path(args.out or f"results/runs/study-{args.study}")
+    runs, hours = 0, 0.0
+    for e in exps:
+        pl = reproduce.plan(e.preset, args.fractions, [*e.overrides, *args.overrides])
+        n, h = reproduce.budget(pl, args)
+        print(f"[{e.name}] {reproduce.plan_line(pl, n, h)}", flush=True)
+        runs, hours = runs + n, hours + h
+    print(
+        f"study {args.study}: {len(exps)} experiments, {runs} runs, ~{hours:.3g} H100-hours in "
+        "all (estimate)",
+        flush=True,
+    )
+    if args.plan:
+        return 0
+    rest = _forwarded(argv)
+    for e in exps:
+        cmd = [sys.executable, "-m", "scripts.reproduce", e.preset, "--out", str(out / e.name)]
+        cmd += [*rest, *e.overrides]
+        print("+ " + " ".join(cmd), flush=True)
+        if not args.dry_run:
+            code = subprocess.call(cmd)
+            if code != 0:
+                print(f"[{e.name}] reproduce exited {code}; going on", flush=True)
+    if args.dry_run:
+        return 0
+    return subprocess.call([sys.executable, "-m", "scripts.report.study", str(out)])
