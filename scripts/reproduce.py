@@ -159,7 +159,17 @@ def launch(
     if restarts:
         run.append(f"--max-restarts={restarts}")
     if nodes <= 1:
-        return [*run, "-m"]
+        if not restarts:
+            return [*run, "-m"]
+        # Restarts need the c10d rendezvous: with the static one (--master-port) the restarted
+        # group read the dead rank's gloo address from the previous attempt and could not
+        # connect; with --standalone the restarted group hung (both seen with torch 2.13).
+        rdzv = [
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=localhost:{_free_port()}",
+            f"--rdzv-id={run_id}",
+        ]
+        return [*run, *rdzv, "-m"]
     rdzv = [
         f"--nnodes={nodes}",
         "--rdzv-backend=c10d",
@@ -167,6 +177,14 @@ def launch(
         f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'local')}-{run_id}",
     ]
     return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", *run, *rdzv, "-m"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def sbatch_script(args: argparse.Namespace, argv: list[str]) -> str:

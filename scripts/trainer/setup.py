@@ -87,6 +87,37 @@ def topology(train: Any, world: int) -> tuple[int, int]:
     return r, s
 
 
+def init_process_group(timeout: Any) -> None:
+    """Under torchrun: the default process group on the rendezvous store, its keys prefixed
+    with the restart attempt (``TORCHELASTIC_RESTART_COUNT``). Without the prefix, a group
+    that torchrun restarted after a lost rank could read the dead rank's address from the
+    previous attempt and fail with "connection refused" (seen with torch 2.13, gloo, under
+    both the static and the c10d rendezvous). Accelerate then uses this group."""
+    import os
+
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or not dist.is_available() or dist.is_initialized():
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts it
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent and rank == 0,
+        timeout=timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(
+        "nccl" if torch.cuda.is_available() else "gloo",
+        store=dist.PrefixStore(f"soap-bench/attempt-{attempt}", store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
+
+
 def accelerator(cfg: Any) -> Any:
     from accelerate import Accelerator
 
@@ -100,6 +131,7 @@ def accelerator(cfg: Any) -> Any:
     # Every collective waits at most this long; nothing slow (data preparation) happens inside
     # one, so clusters may keep the timeout short and learn of a dead rank early.
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+    init_process_group(timedelta(seconds=cfg.train.dist_timeout_s))
     return Accelerator(
         mixed_precision=mp,
         cpu=not torch.cuda.is_available(),
