@@ -56,3 +56,44 @@ def test_trainer_bf16_on_cuda(tmp_path, cache_dir):
     assert m[-1]["loss"] < m[0]["loss"]
     s = summary(run_dir)
     assert s["peak_memory_bytes"] > 0 and "cuda" in (run_dir / "env.json").read_text()
+
+
+_GLOBAL: dict = {}
+
+
+@pytest.mark.parametrize("cls", [SOAP, Shampoo])
+def test_compiled_step_as_a_global_on_cuda(cls):
+    """PyTorch's "compiling the optimizer" recipe on CUDA: the step count is a CPU tensor
+    feeding CUDA kernels and the refreshes are custom operators (soap/stepcount.py, ops.py):
+    one compile after warm-up, no graph break, the eager values."""
+    from torch._dynamo.utils import counters
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 16), (16, 16), (32, 32)]
+    init = [torch.randn(*s, generator=gen) for s in shapes]
+    grads = [[torch.randn(*s, generator=gen) for s in shapes] for _ in range(10)]
+    kw = {"epsilon": 1e-3} if cls is Shampoo else {}
+
+    @torch.compile
+    def step():
+        _GLOBAL["opt"].step()
+
+    def run(compiled: bool):
+        ps = [x.clone().cuda().requires_grad_() for x in init]
+        _GLOBAL["opt"] = opt = cls(ps, lr=1e-2, precondition_frequency=3, **kw)
+        graphs = []
+        for gs in grads:
+            for p, g in zip(ps, gs, strict=True):
+                p.grad = g.cuda()
+            step() if compiled else opt.step()
+            graphs.append(counters["stats"]["unique_graphs"])
+        return ps, graphs
+
+    eager, _ = run(False)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, graphs = run(True)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert graphs[-1] == graphs[3], graphs
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-3, atol=1e-4)

@@ -142,4 +142,13 @@ def test_full_tuning_phase_feeds_the_comparison(tmp_path, cache_dir):
         frac = out / opt / f"lr{best['lr']:g}_frac0.5_seed0"
         assert f"weight_decay: {best['weight_decay']}" in (frac / "config.yaml").read_text()
         assert (frac / "summary.json").exists()
-    assert "| soap |" in (out / "report" / "report.md").read_text()
+    md = (out / "report" / "report.md").read_text()
+    assert "| soap |" in md
+    # The tuning in the same report (scripts/report/tuning.py), its trials not counted as runs.
+    assert "## Tuning (tune)" in md and "| full | soap |" in md
+    assert "(tuning/sensitivity_weight_decay.png)" in md
+    assert "Tuning (tune)" in (out / "report" / "dashboard" / "index.html").read_text()
+    import pandas as pd
+
+    listed = pd.read_csv(out / "report" / "summary.csv")["run_dir"].tolist()
+    assert len(listed) == 4 and not any("/tune/" in d for d in listed), listed  # 2 x (1, 0.5)
