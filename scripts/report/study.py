@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.report import plots, tables
-from scripts.report.analysis import Comparison, analyse
+from scripts.report.analysis import analyse
 from scripts.report.load import load_runs
 from scripts.report.page import write_dashboard
 from scripts.report.plots import Figure, Series, color
-from scripts.report.scale import effective_data, performance_profile, seeds_reached
+from scripts.report.scale import performance_profile, seeds_reached
 from scripts.report.tables import Table
 
 
@@ -58,21 +58,6 @@ def experiments(study: Path) -> list[tuple[str, Path]]:
     ]
 
 
-def _d_eff(c: Comparison, optimizer: str) -> tuple[float | None, str | None]:
-    base, row = c.row(c.baseline), c.row(optimizer)
-    runs = c.best_runs(optimizer)
-    if base is None or base.fit is None or row is None or not runs or row.final_eval_loss is None:
-        return None, "no baseline fit"
-    done = [x for x in row.final_eval_loss.values if math.isfinite(x)]
-    if not done:
-        return None, "no final loss"
-    pts = base.fit.points
-    ed = effective_data(
-        [n for n, _ in pts], [x for _, x in pts], sum(done) / len(done), runs[0].steps
-    )
-    return ed.ratio, ed.reason
-
-
 def rows(study: Path, baseline: str = "adamw") -> list[StudyRow]:
     out = []
     for name, d in experiments(study):
@@ -89,7 +74,14 @@ def rows(study: Path, baseline: str = "adamw") -> list[StudyRow]:
                 s_it = r.savings.get(f"cross_steps_vs_{baseline}")
                 s_wall = r.savings.get(f"cross_seconds_vs_{baseline}")
                 s_fit = r.savings.get(f"fit_steps_vs_{baseline}")
-                ratio, why = _d_eff(c, r.optimizer) if r.optimizer != baseline else (1.0, None)
+                ed = tables.effective_data_of(c, r.optimizer)
+                ratio, why = (
+                    (1.0, None)
+                    if r.optimizer == baseline
+                    else (None, "no baseline fit or final loss")
+                    if ed is None
+                    else (ed.ratio, ed.reason)
+                )
                 out.append(StudyRow(
                     label, r.optimizer, params, per_step,
                     full * per_step / params if params and per_step else None,

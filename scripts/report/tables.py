@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.report.analysis import Comparison, Interval, Row, Saving
-from scripts.report.scale import effective_data, seeds_reached
+from scripts.report.scale import EffectiveData, effective_data, seeds_reached
 
 
 @dataclass
@@ -288,20 +288,28 @@ def _verdict(r: Row, c: Comparison) -> str:
     )
 
 
-def _effective_data(r: Row, c: Comparison) -> str:
-    """``; effective-data speedup 1.3x`` against the baseline's loss-vs-length fit, or why
-    there is none (scripts/report/scale.py)."""
-    base = c.row(c.baseline)
-    runs = c.best_runs(r.optimizer)
-    if base is None or base.fit is None or not runs or r.final_eval_loss is None:
-        return ""
-    pts = base.fit.points
-    done = [x for x in r.final_eval_loss.values if math.isfinite(x)]
+def effective_data_of(c: Comparison, optimizer: str) -> EffectiveData | None:
+    """``optimizer``'s effective-data speedup against the baseline's loss-vs-length fit, at
+    its mean final loss over seeds (scripts/report/scale.py); None without a baseline fit or
+    a final loss."""
+    base, row = c.row(c.baseline), c.row(optimizer)
+    runs = c.best_runs(optimizer)
+    if base is None or base.fit is None or row is None or not runs or row.final_eval_loss is None:
+        return None
+    done = [x for x in row.final_eval_loss.values if math.isfinite(x)]
     if not done:
-        return ""
-    ed = effective_data(
+        return None
+    pts = base.fit.points
+    return effective_data(
         [n for n, _ in pts], [x for _, x in pts], sum(done) / len(done), runs[0].steps
     )
+
+
+def _effective_data(r: Row, c: Comparison) -> str:
+    """``; effective-data speedup 1.3x``, or why there is none."""
+    ed = effective_data_of(c, r.optimizer)
+    if ed is None:
+        return ""
     if ed.ratio is None:
         return f"; effective-data speedup not valid ({ed.reason.split(':')[0]})"
     return f"; effective-data speedup {ed.ratio:.2f}x ({c.baseline} would need {ed.ratio:.2f}x the tokens)"

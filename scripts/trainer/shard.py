@@ -38,13 +38,10 @@ def shard_model(model: torch.nn.Module, replicas: int, shards: int, device: torc
     return mesh
 
 
-def gradient_sync(model: torch.nn.Module, sync: bool) -> Any:
-    """A context for one micro-batch's backward: FSDP2 modules reduce gradients only when
-    ``sync`` (the last micro-batch of a step); returns None for other models."""
+def set_gradient_sync(model: torch.nn.Module, sync: bool) -> bool:
+    """FSDP2 modules reduce gradients only when ``sync`` (the last micro-batch of a step);
+    returns whether ``model`` is one (DDP models use ``Accelerator.no_sync`` instead)."""
     setter = getattr(model, "set_requires_gradient_sync", None)
-    if setter is None:
-        return None
-    setter(sync)
-    import contextlib
-
-    return contextlib.nullcontext()
+    if setter is not None:
+        setter(sync)
+    return setter is not None

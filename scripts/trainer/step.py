@@ -8,7 +8,7 @@ import math
 import torch
 
 from scripts.trainer.setup import Run
-from scripts.trainer.shard import gradient_sync
+from scripts.trainer.shard import set_gradient_sync
 
 
 def train_step(run: Run, micro_batches: list[torch.Tensor]) -> dict[str, float]:
@@ -21,9 +21,8 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> dict[str, float]:
         ids = ids.to(acc.device, non_blocking=True)
         last = k == len(micro_batches) - 1
         # Gradients are all-reduced only on the last micro-batch of the step.
-        ctx = gradient_sync(model, last) or (
-            acc.no_sync(model) if not last else contextlib.nullcontext()
-        )
+        sharded = set_gradient_sync(model, last)
+        ctx = contextlib.nullcontext() if sharded or last else acc.no_sync(model)
         with ctx, acc.autocast():
             ce, loss = model(ids)
         acc.backward(loss / len(micro_batches))
