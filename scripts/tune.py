@@ -93,13 +93,24 @@ def storage(tc: TuneConfig) -> Any:
 
             return JournalStorage(JournalFileBackend(url[len("journal:") :]))
         Path(tc.out).mkdir(parents=True, exist_ok=True)
-        store = RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-            heartbeat_interval=tc.heartbeat_s,
-            grace_period=3 * tc.heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
+        for attempt in range(5):
+            try:
+                store = RDBStorage(
+                    url,
+                    engine_kwargs={"connect_args": {"timeout": 60}}
+                    if url.startswith("sqlite")
+                    else None,
+                    heartbeat_interval=tc.heartbeat_s,
+                    grace_period=3 * tc.heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+                break
+            except Exception as e:
+                # Two workers creating a new database's schema at once: one loses the race on
+                # the schema's version row (IntegrityError, seen under load); it is there now.
+                if "IntegrityError" not in type(e).__name__ + str(e) or attempt == 4:
+                    raise
+                time.sleep(0.5)
         if url.startswith("sqlite"):
             _serialise_sqlite(store.engine)
         return store
