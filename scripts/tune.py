@@ -24,6 +24,7 @@ other machines (or in Slurm array tasks) with the same ``tune.storage`` joins th
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import subprocess
@@ -81,7 +82,7 @@ def space_path(name: str) -> Path:
 def storage(tc: TuneConfig) -> Any:
     """The study's storage, opened (one line naming the URL when it cannot be)."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -95,7 +96,7 @@ def storage(tc: TuneConfig) -> Any:
         Path(tc.out).mkdir(parents=True, exist_ok=True)
         for attempt in range(5):
             try:
-                store = RDBStorage(
+                store = _storage_class()(
                     url,
                     engine_kwargs={"connect_args": {"timeout": 60}}
                     if url.startswith("sqlite")
@@ -119,6 +120,39 @@ def storage(tc: TuneConfig) -> Any:
         raise cd.SpaceError(
             f"tune.storage={url} cannot be opened ({type(e).__name__}: {msg})"
         ) from None
+
+
+@functools.cache
+def _storage_class() -> type:
+    from optuna.storages import RDBStorage
+
+    class Storage(RDBStorage):
+        """Optuna's RDB storage, where a running trial that never sent a heartbeat is stale
+        too once its grace period has passed since it started. Optuna skips such trials, so a
+        worker killed between taking a trial (``ask``) and its first heartbeat left it running
+        for ever and the search waited on it (seen once in CI under load)."""
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            from datetime import datetime, timedelta
+
+            from optuna.storages._rdb import models
+            from optuna.trial import TrialState
+
+            stale = super()._get_stale_trial_ids(study_id)
+            grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+            now = datetime.now()  # the clock that stamped datetime_start
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                if t._trial_id in stale or t.datetime_start is None:
+                    continue
+                if now - t.datetime_start <= grace:
+                    continue
+                with contextlib.closing(self.scoped_session()) as session:
+                    beat = models.TrialHeartbeatModel.where_trial_id(t._trial_id, session)
+                if beat is None:
+                    stale.append(t._trial_id)
+            return stale
+
+    return Storage
 
 
 def _serialise_sqlite(engine: Any) -> None:
@@ -273,13 +307,15 @@ def take(tc: TuneConfig, space: cd.Space, opt: str, study: Any, rest: list[str],
             # another worker took the waiting trial first (ask made a fresh one) or the same
             # configuration was enqueued twice: not a result
             trial.set_user_attr("duplicate", True)
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             continue
         run(tc, study, trial, opt, rest, store)
         return "ran"
 
 
 def run(tc: TuneConfig, study: Any, trial: Any, opt: str, rest: list[str], store: Any) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
+
     config, seed = trial.user_attrs["config"], trial.user_attrs["seed"]
     stop = threading.Event()
     if hasattr(store, "record_heartbeat"):
@@ -294,10 +330,16 @@ def run(tc: TuneConfig, study: Any, trial: Any, opt: str, rest: list[str], store
             res = {**train(config, seed, opt, rest, run_dir), "run_dir": str(run_dir)}
     finally:
         stop.set()
-    for k, v in res.items():
-        trial.set_user_attr(k, v)
-    study.tell(trial, res["loss"])
     shown = " ".join(f"{k}={v:g}" for k, v in sorted(config.items()))
+    try:
+        for k, v in res.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, res["loss"])
+    except UpdateFinishedTrialError:
+        # Its heartbeat went stale (this worker stalled past the grace period): another
+        # worker failed it and queued a retry, which stands for this configuration.
+        print(f"trial {opt} #{trial.number}: {shown} seed={seed} -> dropped (retried elsewhere)")
+        return
     print(
         f"trial {opt} #{trial.number}: {shown} seed={seed} -> {res['status']} "
         f"loss {res['loss']:.4f} ({res['seconds']:.1f}s)",

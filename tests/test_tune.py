@@ -146,6 +146,31 @@ def test_two_workers_one_killed_mid_trial(tmp_path, uninterrupted):
     }
 
 
+def test_worker_killed_before_its_first_heartbeat(tmp_path, uninterrupted):
+    """A worker that dies between taking a trial and its first heartbeat leaves a running
+    trial with no heartbeat, which Optuna never counts as stale: the search must not wait on
+    it for ever (seen in CI). Simulated exactly: take the first trial, then never report."""
+    import optuna
+
+    from scripts.coordinate import key, load_space, replay
+    from scripts.tune import TuneConfig, space_path, storage
+
+    tc = TuneConfig(out=str(tmp_path), heartbeat_s=1)
+    space = load_space(space_path("synthetic"), ["adamw"])
+    study = optuna.create_study(storage=storage(tc), study_name="soap-bench-adamw")
+    config, seed = replay(space.axes["adamw"], space.threshold, space.noise_seeds, {}, 30).pending[
+        0
+    ]
+    study.enqueue_trial({}, user_attrs={"key": key(config, seed), "config": config, "seed": seed})
+    orphan = study.ask()
+    assert orphan.user_attrs["config"] == config  # now RUNNING, no heartbeat, no worker
+    r = _tune([f"tune.out={tmp_path}", "tune.heartbeat_s=1"], timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    got = _result(tmp_path)
+    assert _configs(got) == _configs(uninterrupted)
+
+
 def test_killed_command_continues_to_the_same_result(tmp_path, uninterrupted):
     args = [
         f"tune.out={tmp_path}",
