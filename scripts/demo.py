@@ -1,4 +1,4 @@
-"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~18 minutes).
+"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~15 minutes).
 
 The regime (``configs/experiment/demo.yaml``), chosen before looking at which optimizer wins:
 the tiny model; 48 x 128 = 6,144 tokens per step (large relative to the model, as the paper's
@@ -9,7 +9,9 @@ The protocol, the paper's in miniature: every optimizer sweeps the same half-dec
 full length (extended by one value when the best sits on its edge); its best LR is then run
 with two more seeds (3 in all: model initialisation and data order) and at schedule fractions
 0.4, 0.6 and 0.8 (each with its own full cosine schedule) for the power-law fit; then the
-report and the dashboard. The report checks the regime's criteria (best LR interior, no eval
+report and the dashboard. Runs that do not wait on each other run at once (``--jobs``, one per
+core with one thread each by default; :mod:`scripts.cells`), each timed on its own and recorded
+with the concurrency it ran under. The report checks the regime's criteria (best LR interior, no eval
 loss of a best-LR run above its first) and says which savings are significant.
 ``--quick`` runs a few steps per cell (the CI smoke test).
 """
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
+from scripts.cells import InProcess, threads_per_run
 from scripts.measures import best_lr
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,26 +100,56 @@ def run_cell(
     return rec.final_eval_loss if rec is not None and rec.completed else None
 
 
-def sweep(out: Path, opt: str, plan: dict, extra: list[str]) -> float | None:
-    """The LR sweep at full length (seed 0), extended while the best sits on an edge."""
-    losses: dict[float, float | None] = {}
-    queue, extended = list(plan["lrs"][opt]), 0
-    while queue:
-        lr = queue.pop(0)
-        losses[lr] = run_cell(out, opt, lr, 1.0, 0, plan, extra)
-        if queue or extended >= plan["max_extend"]:
-            continue
-        found = best_lr(losses.items())
-        grid = sorted(losses)
-        if found is not None and found[0] in (grid[0], grid[-1]) and len(grid) > 1:
-            queue.append(half_decade(found[0], +1 if found[0] == grid[-1] else -1))
-            extended += 1
-            print(
-                f"demo: best {opt} lr {found[0]:g} is on the grid's edge; adding lr {queue[0]:g}",
-                flush=True,
-            )
+def extension(losses: dict[float, float | None], extended: int, plan: dict) -> float | None:
+    """The next LR of a finished sweep whose best sits on its grid's edge (or None)."""
+    if extended >= plan["max_extend"] or len(losses) < 2:
+        return None
     found = best_lr(losses.items())
-    return found[0] if found is not None and math.isfinite(found[1]) else None
+    grid = sorted(losses)
+    if found is None or found[0] not in (grid[0], grid[-1]):
+        return None
+    return half_decade(found[0], +1 if found[0] == grid[-1] else -1)
+
+
+def protocol(cells: InProcess, out: Path, plan: dict, extra: list[str]) -> dict[str, float]:
+    """Every optimizer's LR sweep at full length (seed 0, extended while the best sits on an
+    edge), then its best LR with more seeds and at the schedule fractions. Runs that do not
+    wait on each other go to ``cells`` together: each optimizer's follow-up runs start as soon
+    as its own sweep is done. Returns the best LR per optimizer (none: nothing finite)."""
+    sweeps: dict[Future, tuple[str, float]] = {}
+    losses: dict[str, dict[float, float | None]] = {o: {} for o in OPTIMIZERS}
+    extended = dict.fromkeys(OPTIMIZERS, 0)
+    follow: list[Future] = []
+    best: dict[str, float] = {}
+
+    def sweep_cell(opt: str, lr: float) -> None:
+        sweeps[cells.submit(run_cell, out, opt, lr, 1.0, 0, plan, extra)] = (opt, lr)
+
+    for opt in OPTIMIZERS:
+        for lr in plan["lrs"][opt]:
+            sweep_cell(opt, lr)
+    while sweeps:
+        done, _ = wait(list(sweeps), return_when=FIRST_COMPLETED)
+        for f in done:
+            opt, lr = sweeps.pop(f)
+            losses[opt][lr] = f.result()
+            if any(o == opt for o, _ in sweeps.values()):
+                continue  # its sweep is still running
+            nxt = extension(losses[opt], extended[opt], plan)
+            if nxt is not None:
+                extended[opt] += 1
+                print(f"demo: best {opt} lr is on the grid's edge; adding lr {nxt:g}", flush=True)
+                sweep_cell(opt, nxt)
+                continue
+            found = best_lr(losses[opt].items())
+            if found is None or not math.isfinite(found[1]):
+                continue
+            best[opt] = found[0]
+            follow += [cells.submit(run_cell, out, opt, found[0], 1.0, s, plan, extra) for s in plan["seeds"]]  # fmt: skip
+            follow += [cells.submit(run_cell, out, opt, found[0], fr, 0, plan, extra) for fr in plan["fractions"]]  # fmt: skip
+    for f in follow:
+        f.result()
+    return best
 
 
 class _Stop:
@@ -144,11 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-out", default=None, help="report directory (default: <out>/report)")
     ap.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
     ap.add_argument(
+        "--jobs",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="runs at once, each with cpu_count/jobs threads (default: one per core, at most 8)",
+    )
+    ap.add_argument(
         "overrides",
         nargs="*",
         help="Hydra overrides for every run, e.g. data=local data.paths=[book.txt]",
     )
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     STOP.requested = False
     previous = signal.signal(signal.SIGINT, STOP.handle)
     try:
@@ -171,14 +214,12 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
         len(plan["seeds"]) + len(plan["fractions"])
     )
     print(f"demo: {n} runs (more if a grid needs extending) into {out}", flush=True)
-    best = {opt: sweep(out, opt, plan, args.overrides) for opt in OPTIMIZERS}
-    for opt, lr in best.items():
-        if lr is None:
-            continue
-        for seed in plan["seeds"]:
-            run_cell(out, opt, lr, 1.0, seed, plan, args.overrides)
-        for frac in plan["fractions"]:
-            run_cell(out, opt, lr, frac, 0, plan, args.overrides)
+    print(
+        f"demo: {args.jobs} run(s) at once, {threads_per_run(args.jobs)} thread(s) each",
+        flush=True,
+    )
+    with InProcess(args.jobs) as cells:
+        protocol(cells, out, plan, args.overrides)
     from scripts.report import write_report
 
     cmd = "python -m scripts.demo " + " ".join(argv if argv is not None else sys.argv[1:])

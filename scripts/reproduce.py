@@ -75,11 +75,13 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
 
 
 def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:
-    """Runs and estimated H100-hours of one experiment: the LR sweep at full length and the
-    best LR at the schedule fractions, per optimizer and seed."""
+    """Runs and estimated H100-hours of one experiment: the LR sweep at full length, the
+    best LR at the schedule fractions, per optimizer and seed, and ``--best-seeds``."""
     per = len(args.optimizers) * len(args.seeds)
-    hours = pl["h100_hours_full_run"] * per * len(args.lrs) + pl["h100_hours_fraction_runs"] * per
-    return per * (len(args.lrs) + len(args.fractions)), hours
+    extra = len(args.optimizers) * len(set(args.best_seeds) - set(args.seeds))
+    full = per * len(args.lrs) + extra
+    hours = pl["h100_hours_full_run"] * full + pl["h100_hours_fraction_runs"] * per
+    return full + per * len(args.fractions), hours
 
 
 def plan_line(pl: dict, n_runs: int, hours: float) -> str:
@@ -159,8 +161,8 @@ def launch(
     if restarts:
         run.append(f"--max-restarts={restarts}")
     if nodes <= 1:
-        if not restarts:
-            return [*run, "-m"]
+        if not restarts:  # a port of its own: runs may share the node (--jobs)
+            return [*run, f"--master-port={_free_port()}", "-m"]
         # Restarts need the c10d rendezvous: with the static one (--master-port) the restarted
         # group read the dead rank's gloo address from the previous attempt and could not
         # connect; with --standalone the restarted group hung (both seen with torch 2.13).
@@ -241,6 +243,20 @@ def _final_loss(cmd: list[str]) -> float | None:
     return rec.final_eval_loss if rec is not None and rec.completed else None
 
 
+def _run_all(cmds: list[list[str]], args: argparse.Namespace) -> None:
+    """Runs that do not wait on each other: ``--jobs`` at a time (:mod:`scripts.cells`)."""
+    for cmd in cmds:
+        print("+", shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return
+    from scripts.cells import run_commands
+
+    for cmd, code in zip(cmds, run_commands(cmds, args.jobs, args.gpus), strict=True):
+        if code:
+            run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
+            print(f"reproduce: {run_dir} ended with exit code {code}; it counts as not reached")
+
+
 def _run(cmd: list[str], dry: bool) -> None:
     print("+", shlex.join(cmd), flush=True)
     if not dry:
@@ -263,6 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3.16e-3, 1e-2])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.625, 0.75, 0.875])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument(
+        "--best-seeds",
+        nargs="+",
+        type=int,
+        default=[],
+        help="more seeds at each best LR, full length (the demo's protocol: seeds 1 2)",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once on this node, each with its share of the cores (and, with --gpus, "
+        "its own GPUs); their wall-clock is recorded as measured under that sharing",
+    )
     ap.add_argument("--out", default=None, help="default results/runs/<preset>")
     ap.add_argument(
         "--plan", action="store_true", help="print budgets and estimated GPU-hours, run nothing"
@@ -294,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few steps per run (CI)")
     ap.add_argument("overrides", nargs="*", default=[], help="extra overrides for every run")
     args = ap.parse_intermixed_args(argv)  # overrides may follow the options
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.study:
         from scripts import study
 
@@ -347,27 +379,24 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # Phase 1: LR sweep at full length (with full tuning: the tuned settings instead).
-    best: dict[str, float] = {}
+    sweep: dict[str, list[tuple[float, list[str]]]] = {}
     for opt in args.optimizers:
-        if opt in tuned:
-            best[opt] = tuned[opt]["lr"]
-            _run(cmd_for(opt, best[opt], 1.0, 0), args.dry_run)
-            continue
-        results: list[tuple[float, float | None]] = []
-        for lr in args.lrs:
-            for seed in args.seeds:
-                cmd = cmd_for(opt, lr, 1.0, seed)
-                _run(cmd, args.dry_run)
-                results.append((lr, None if args.dry_run else _final_loss(cmd)))
-        found = best_lr(results)
-        if found is not None:
-            best[opt] = found[0]
-    # Phase 2: each best LR (or tuned setting) at the schedule fractions.
+        lrs = [tuned[opt]["lr"]] if opt in tuned else args.lrs
+        seeds = [args.seeds[0]] if opt in tuned else args.seeds
+        sweep[opt] = [(lr, cmd_for(opt, lr, 1.0, s)) for lr in lrs for s in seeds]
+    _run_all([c for cells in sweep.values() for _, c in cells], args)
+    best: dict[str, float] = {}
+    for opt, cells in sweep.items():
+        found = best_lr([(lr, None if args.dry_run else _final_loss(c)) for lr, c in cells])
+        if opt in tuned or found is not None:
+            best[opt] = tuned[opt]["lr"] if opt in tuned else found[0]
+    # Phase 2: each best LR (or tuned setting) with more seeds and at the schedule fractions.
+    more = []
     for opt in args.optimizers:
         lr = best.get(opt, args.lrs[len(args.lrs) // 2])
-        for frac in args.fractions:
-            for seed in args.seeds:
-                _run(cmd_for(opt, lr, frac, seed), args.dry_run)
+        more += [cmd_for(opt, lr, 1.0, s) for s in args.best_seeds if s not in args.seeds]
+        more += [cmd_for(opt, lr, f, s) for f in args.fractions for s in args.seeds]
+    _run_all(more, args)
     # Phase 3: the report.
     if args.dry_run:
         return 0

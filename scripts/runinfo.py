@@ -60,6 +60,8 @@ def hardware() -> dict[str, Any]:
         "processor": platform.processor() or None,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # runs sharing the machine at once (scripts.cells); their seconds are their own
+        "concurrent_runs": int(os.environ.get("SOAP_BENCH_CONCURRENT_RUNS", "1")),
         "cuda": torch.cuda.is_available(),
     }
     try:

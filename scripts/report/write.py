@@ -39,11 +39,18 @@ def provenance(runs: list[Run]) -> str:
     def day(t: float) -> str:
         return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
+    shared = max(int(i.get("hardware", {}).get("concurrent_runs", 1)) for _, i in infos)
+    sharing = (
+        f" Up to {shared} runs shared the machine at once ({hw.get('torch_threads')} thread(s) "
+        "each): each run's wall-clock is its own, measured under that sharing."
+        if shared > 1
+        else ""
+    )
     return (
         f"Runs from {day(first)} to {day(last)} on {hw.get('cpu_model', hw.get('machine', '?'))} "
         f"({hw.get('cpu_count')} CPUs, {hw.get('memory_gib', '?')} GiB), {gpus}; git "
         f"{', '.join(shas)}; torch {v.get('torch')}, transformers {v.get('transformers')}, "
-        f"python {v.get('python')}."
+        f"python {v.get('python')}.{sharing}"
     )
 
 

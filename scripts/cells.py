@@ -1,0 +1,144 @@
+"""Independent training runs at once, so CPU experiments use the whole machine.
+
+Small runs use a few cores poorly (a 0.9M-parameter model's matrices are too small for two
+threads to halve a step), so ``make demo`` and ``make study-demo`` run ``jobs`` runs at once,
+each with ``cpu_count // jobs`` threads, rather than one after another on every core.
+
+Two engines, one for each kind of run:
+
+* :class:`InProcess` (the demo): ``jobs`` worker processes from
+  :class:`concurrent.futures.ProcessPoolExecutor`, each training one run at a time in-process
+  (no start-up per run). ``jobs=1`` trains in this very process, as before.
+* :func:`run_commands` (``scripts.reproduce --jobs N``): launched commands (python or
+  torchrun), at most ``jobs`` at a time, each in a slot with its own threads and, on a GPU
+  node, its own devices (``CUDA_VISIBLE_DEVICES``).
+
+Wall-clock stays honest: each run's seconds are its own, measured while ``jobs`` runs shared
+the machine; the run records that (``env.json``: ``hardware.concurrent_runs``) and reports
+say so next to the hardware (:func:`scripts.report.write.provenance`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import subprocess
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+CONCURRENT_ENV = "SOAP_BENCH_CONCURRENT_RUNS"
+
+
+def threads_per_run(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def slot_env(jobs: int, slot: int, gpus_per_run: int = 0) -> dict[str, str]:
+    """The environment of a run in ``slot`` of ``jobs``: its threads, the concurrency it ran
+    under, and - when it uses GPUs - its own devices."""
+    env = {"OMP_NUM_THREADS": str(threads_per_run(jobs)), CONCURRENT_ENV: str(jobs)}
+    if jobs > 1 and gpus_per_run > 0:
+        first = slot * gpus_per_run
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(first, first + gpus_per_run)))
+    return env
+
+
+def _worker_init(jobs: int, pids: Any) -> None:
+    """A pool worker: its share of the cores, the concurrency recorded with its runs, and its
+    pid for :meth:`InProcess.interrupt`."""
+    import torch
+
+    os.environ.update(slot_env(jobs, 0))
+    torch.set_num_threads(threads_per_run(jobs))
+    # An idle worker ignores Ctrl-C (the parent decides); a trainer installs its own handler
+    # for the length of a run (checkpoint, exit 130).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pids.put(os.getpid())
+
+
+class InProcess:
+    """Runs ``fn(*args)`` calls (one training run each) ``jobs`` at a time in worker
+    processes; ``jobs=1``: in this process, at once (the returned future is already done)."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = jobs
+        self._pool: ProcessPoolExecutor | None = None
+        if jobs > 1:
+            ctx = mp.get_context("spawn")  # fork after torch's threads start is unsafe
+            self._pids = ctx.SimpleQueue()
+            self._pool = ProcessPoolExecutor(
+                jobs, mp_context=ctx, initializer=_worker_init, initargs=(jobs, self._pids)
+            )
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the caller reads it from the future
+            f.set_exception(e)
+        return f
+
+    def interrupt(self) -> None:
+        """Ctrl-C for the workers too: each running trainer checkpoints and stops (exit 130);
+        a worker that was idle just ends. Sent by the parent, so it also works when only the
+        parent got the signal (``kill -INT``)."""
+        if self._pool is None:
+            return
+        while not self._pids.empty():
+            pid = self._pids.get()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+
+    def close(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.interrupt()
+        self.close(cancel=kind is not None)
+
+
+def run_commands(
+    commands: Iterable[list[str]],
+    jobs: int,
+    gpus_per_run: int = 0,
+    call: Callable[[list[str], dict[str, str]], int] | None = None,
+) -> list[int]:
+    """Each command's exit code, in order; at most ``jobs`` run at once, each in a slot
+    (:func:`slot_env`). ``jobs=1`` runs them one after another with the caller's
+    environment, as before."""
+    cmds = list(commands)
+
+    def default_call(cmd: list[str], env: dict[str, str]) -> int:
+        return subprocess.call(cmd, env=env)
+
+    call = call or default_call
+    if jobs <= 1:
+        return [call(c, dict(os.environ)) for c in cmds]
+    slots: queue.Queue[int] = queue.Queue()
+    for s in range(jobs):
+        slots.put(s)
+
+    def one(cmd: list[str]) -> int:
+        s = slots.get()
+        try:
+            return call(cmd, {**os.environ, **slot_env(jobs, s, gpus_per_run)})
+        finally:
+            slots.put(s)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, cmds))
