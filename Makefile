@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data gpu-check tune-demo demo demo-quick reproduce rehearsal report clean
+.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data gpu-check tune-demo study-demo demo demo-quick reproduce rehearsal report clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,12 @@ tune-demo: install
 		tune.budget=13 tune.workers=2 tune.out=results/tune-demo experiment=demo \
 		train.max_steps=40
 	$(PY) -m scripts.tune_report results/tune-demo
+
+# Saving against scale on this machine: configs/study/cpu_ladder.yaml (3 sizes x 2 batches),
+# AdamW and SOAP, an LR grid each, 2 seeds at each best LR, 2 schedule fractions; 2 runs at once.
+study-demo: install
+	$(PY) -m scripts.reproduce --study cpu_ladder --gpus 1 --jobs 2 --optimizers adamw soap \
+		--lrs 0.00316 0.01 0.0316 --fractions 0.5 0.75 --best-seeds 1 --out results/study-demo
 
 demo-quick: install
 	$(PY) -m scripts.demo --quick --out results/runs/demo-quick

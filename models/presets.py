@@ -48,10 +48,10 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     # A few million parameters (most of them embeddings): trains on a 2-core CPU in minutes.
     "tiny": ModelPreset("tiny", d_model=128, n_layers=4, n_heads=2, d_ff=384),
-    # The CPU ladder (configs/study/cpu_ladder.yaml): about 0.2M, 0.9M (tiny) and 3M
-    # non-embedding parameters, width and depth growing together, head dim 64 throughout.
-    "ladder200k": ModelPreset("ladder200k", d_model=64, n_layers=4, n_heads=1, d_ff=192),
-    "ladder3m": ModelPreset("ladder3m", d_model=192, n_layers=7, n_heads=3, d_ff=512),
+    # The CPU ladder (configs/study/cpu_ladder.yaml): about 0.1M, 0.3M and 0.9M (tiny)
+    # non-embedding parameters, a decade in steps of ~3, width and depth growing together.
+    "ladder100k": ModelPreset("ladder100k", d_model=64, n_layers=2, n_heads=1, d_ff=192),
+    "ladder300k": ModelPreset("ladder300k", d_model=96, n_layers=3, n_heads=2, d_ff=256),
     "210m": ModelPreset(
         "210m", d_model=1024, n_layers=16, n_heads=16, d_ff=2816, nominal=210_000_000
     ),

@@ -1,17 +1,22 @@
 """Independent training runs at once, so CPU experiments use the whole machine.
 
-Small runs use a few cores poorly (a 0.9M-parameter model's matrices are too small for two
-threads to halve a step), so ``make demo`` and ``make study-demo`` run ``jobs`` runs at once,
-each with ``cpu_count // jobs`` threads, rather than one after another on every core.
+Small runs use many cores poorly, so on a many-core machine several runs at once, each with
+``cpu_count // jobs`` threads, finish sooner than one after another on every core. On the
+2-core machine here it is a wash (two demo runs: 131 s two at once with one thread each, 137 s
+one after another with two threads; 2026-12-02, Intel Xeon VM), so the demo's default is one
+run per 4 cores.
 
 Two engines, one for each kind of run:
 
 * :class:`InProcess` (the demo): ``jobs`` worker processes from
   :class:`concurrent.futures.ProcessPoolExecutor`, each training one run at a time in-process
   (no start-up per run). ``jobs=1`` trains in this very process, as before.
-* :func:`run_commands` (``scripts.reproduce --jobs N``): launched commands (python or
-  torchrun), at most ``jobs`` at a time, each in a slot with its own threads and, on a GPU
-  node, its own devices (``CUDA_VISIBLE_DEVICES``).
+* :func:`run_commands` (``scripts.reproduce --jobs N``): training commands, at most ``jobs``
+  at a time. One-process runs (``python -m scripts.train ...``) train inside ``jobs`` workers
+  as above, never in the driver (a CPU study's many short runs would otherwise spend ~10 s
+  each starting up);
+  launched runs (torchrun) run as commands, each in a slot with its own threads and, on a
+  GPU node, its own devices (``CUDA_VISIBLE_DEVICES``).
 
 Wall-clock stays honest: each run's seconds are its own, measured while ``jobs`` runs shared
 the machine; the run records that (``env.json``: ``hardware.concurrent_runs``) and reports
@@ -26,6 +31,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
@@ -57,19 +63,25 @@ def _worker_init(jobs: int, pids: Any) -> None:
     # An idle worker ignores Ctrl-C (the parent decides); a trainer installs its own handler
     # for the length of a run (checkpoint, exit 130).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # and dies with the parent (Linux PR_SET_PDEATHSIG): a killed driver leaves no run going
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     pids.put(os.getpid())
 
 
 class InProcess:
     """Runs ``fn(*args)`` calls (one training run each) ``jobs`` at a time in worker
-    processes; ``jobs=1``: in this process, at once (the returned future is already done)."""
+    processes; ``jobs=1`` and ``here``: in this process, at once (the returned future is
+    already done)."""
 
-    def __init__(self, jobs: int = 1) -> None:
+    def __init__(self, jobs: int = 1, here: bool = True) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.jobs = jobs
         self._pool: ProcessPoolExecutor | None = None
-        if jobs > 1:
+        if jobs > 1 or not here:
             ctx = mp.get_context("spawn")  # fork after torch's threads start is unsafe
             self._pids = ctx.SimpleQueue()
             self._pool = ProcessPoolExecutor(
@@ -112,6 +124,19 @@ class InProcess:
         self.close(cancel=kind is not None)
 
 
+def train(overrides: list[str]) -> int:
+    """``python -m scripts.train <overrides>`` in this process: its exit code (an exception
+    is a crashed run, exit 1, reported in one line; Ctrl-C is not caught)."""
+    from scripts.config import compose
+    from scripts.trainer import run_training
+
+    try:
+        return run_training(compose(overrides))
+    except Exception as e:  # noqa: BLE001 - a crashed run is a result of the sweep
+        print(f"run {overrides} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
 def run_commands(
     commands: Iterable[list[str]],
     jobs: int,
@@ -122,6 +147,11 @@ def run_commands(
     (:func:`slot_env`). ``jobs=1`` runs them one after another with the caller's
     environment, as before."""
     cmds = list(commands)
+    plain = [sys.executable, "-m", "scripts.train"]
+    if call is None and all(c[:3] == plain for c in cmds):
+        with InProcess(jobs, here=False) as cells:  # not in the driver: a crash stays a result
+            futures = [cells.submit(train, c[3:]) for c in cmds]
+            return [f.result() for f in futures]
 
     def default_call(cmd: list[str], env: dict[str, str]) -> int:
         return subprocess.call(cmd, env=env)

@@ -9,9 +9,9 @@ The protocol, the paper's in miniature: every optimizer sweeps the same half-dec
 full length (extended by one value when the best sits on its edge); its best LR is then run
 with two more seeds (3 in all: model initialisation and data order) and at schedule fractions
 0.4, 0.6 and 0.8 (each with its own full cosine schedule) for the power-law fit; then the
-report and the dashboard. Runs that do not wait on each other run at once (``--jobs``, one per
-core with one thread each by default; :mod:`scripts.cells`), each timed on its own and recorded
-with the concurrency it ran under. The report checks the regime's criteria (best LR interior, no eval
+report and the dashboard. Runs that do not wait on each other may run at once (``--jobs``;
+by default one run per 4 cores, so one at a time here: :mod:`scripts.cells`), each timed on its
+own and recorded with the concurrency it ran under. The report checks the regime's criteria (best LR interior, no eval
 loss of a best-LR run above its first) and says which savings are significant.
 ``--quick`` runs a few steps per cell (the CI smoke test).
 """
@@ -181,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--jobs",
         type=int,
-        default=min(os.cpu_count() or 1, 8),
-        help="runs at once, each with cpu_count/jobs threads (default: one per core, at most 8)",
+        default=max(1, min(8, (os.cpu_count() or 1) // 4)),
+        help="runs at once, each with cpu_count/jobs threads (default: one per 4 cores, "
+        "at most 8; on 2 cores two at once measured no faster, see scripts/cells.py)",
     )
     ap.add_argument(
         "overrides",

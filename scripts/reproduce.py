@@ -84,10 +84,15 @@ def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:
     return full + per * len(args.fractions), hours
 
 
+def _tokens(n: float) -> str:
+    return f"{n / 1e9:.3g}B" if n >= 1e8 else f"{n / 1e6:.3g}M"
+
+
 def plan_line(pl: dict, n_runs: int, hours: float) -> str:
     return (
         f"{pl['preset']}: model {pl['model']} ({pl['non_embedding_params'] / 1e6:.1f}M "
-        f"non-embedding), regime {pl['regime']}, {pl['tokens'] / 1e9:.3g}B tokens = "
+        f"non-embedding), regime {pl['regime']}, {_tokens(pl['tokens'])} tokens "
+        f"({pl['tokens'] / pl['non_embedding_params']:.2g} per non-embedding parameter) = "
         f"{pl['steps']} iterations of {pl['tokens_per_step']:,} tokens; "
         f"~{pl['h100_hours_full_run']:.3g} H100-hours per full-length run (estimate), "
         f"{n_runs} runs, ~{hours:.3g} H100-hours in all"

@@ -74,7 +74,7 @@ def test_ctrl_c_stops_the_whole_demo_and_restores_handlers(tmp_path, cache_dir, 
     monkeypatch.setattr(T, "train_step", step_then_ctrl_c)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "demo"
-    assert main(["--quick", "--out", str(out), f"cache_dir={cache_dir}"]) == 130
+    assert main(["--quick", "--jobs", "1", "--out", str(out), f"cache_dir={cache_dir}"]) == 130
     assert len({str(d) for d in calls}) == 1, "a second cell started after Ctrl-C"
     summaries = list(out.rglob("summary.json"))
     assert len(summaries) == 1 and '"interrupted"' in summaries[0].read_text()
@@ -105,6 +105,8 @@ def test_ctrl_c_between_runs_stops_the_demo_on_a_busy_machine(tmp_path, cache_di
                 "-m",
                 "scripts.demo",
                 "--quick",
+                "--jobs",
+                "1",
                 "--out",
                 str(tmp_path / "d"),
                 f"cache_dir={cache_dir}",
@@ -129,3 +131,40 @@ def test_ctrl_c_between_runs_stops_the_demo_on_a_busy_machine(tmp_path, cache_di
     finally:
         for b in busy:
             b.kill()
+
+
+def test_ctrl_c_stops_concurrent_runs(tmp_path, cache_dir):
+    """With two runs at once (the default on 2 cores), Ctrl-C to the demo alone stops both
+    runs the way the trainer stops (checkpoint, a summary saying interrupted), starts no
+    other, exits 130; the same command then continues to the end."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, _env
+
+    cmd = [sys.executable, "-m", "scripts.demo", "--quick", "--jobs", "2", "--out",
+           str(tmp_path / "d"), f"cache_dir={cache_dir}", "train.max_steps=40"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for line in proc.stdout:
+        if line.startswith("step 3/"):  # both workers are training by now
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, proc.stderr.read()[-2000:]
+    started = {p.parent for p in (tmp_path / "d").rglob("config.yaml")}
+    status = {d: json_status(d) for d in started}
+    assert "interrupted" in status.values(), status
+    assert all(s in ("interrupted", "completed") for s in status.values()), status
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "demo finished" in r.stdout
+
+
+def json_status(run_dir) -> str | None:
+    import json
+
+    p = run_dir / "summary.json"
+    return json.loads(p.read_text())["status"] if p.exists() else None

@@ -30,6 +30,7 @@ class Series:
     group: str = ""  # legend group: one click toggles an optimizer's every series
     faint: bool = False
     show_legend: bool = True
+    band: tuple[list[float], list[float]] | None = None  # (low, high) per x: a seed interval
 
 
 @dataclass
@@ -170,6 +171,8 @@ def to_png(fig: Figure, path: Path) -> Path:
             alpha=0.45 if s.faint else 1.0,
             label=s.name if s.show_legend else None,
         )
+        if s.band is not None:
+            ax.fill_between(s.x, s.band[0], s.band[1], color=s.color, alpha=0.18, lw=0)
     for y, label in fig.hlines:
         ax.axhline(y, ls="--", color="k", lw=1, label=label)
     if fig.xlog:
@@ -192,6 +195,14 @@ def to_plotly_div(fig: Figure, div_id: str) -> str:
 
     f = go.Figure()
     for s in fig.series:
+        if s.band is not None:  # the interval as a filled area between its two edges
+            f.add_trace(go.Scatter(x=s.x, y=s.band[1], mode="lines", line={"width": 0},
+                                   legendgroup=s.group or s.name, showlegend=False,
+                                   hoverinfo="skip"))  # fmt: skip
+            f.add_trace(go.Scatter(x=s.x, y=s.band[0], mode="lines", line={"width": 0},
+                                   fill="tonexty", fillcolor=s.color, opacity=0.2,
+                                   legendgroup=s.group or s.name, showlegend=False,
+                                   hoverinfo="skip"))  # fmt: skip
         f.add_trace(
             go.Scatter(
                 x=s.x,

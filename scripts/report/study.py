@@ -18,12 +18,13 @@ Writes ``<study dir>/report/``:
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.report import plots, tables
-from scripts.report.analysis import analyse
+from scripts.report.analysis import Interval, analyse
 from scripts.report.load import load_runs
 from scripts.report.page import write_dashboard
 from scripts.report.plots import Figure, Series, color
@@ -47,6 +48,7 @@ class StudyRow:
     fit_saving: float | None
     d_eff: float | None
     d_eff_reason: str | None
+    iter_band: tuple[float, float] | None = None  # iterations saved, mean -+ std over seeds
 
 
 def experiments(study: Path) -> list[tuple[str, Path]]:
@@ -75,6 +77,7 @@ def rows(study: Path, baseline: str = "adamw") -> list[StudyRow]:
                 s_wall = r.savings.get(f"cross_seconds_vs_{baseline}")
                 s_fit = r.savings.get(f"fit_steps_vs_{baseline}")
                 ed = tables.effective_data_of(c, r.optimizer)
+                base = c.row(baseline)
                 ratio, why = (
                     (1.0, None)
                     if r.optimizer == baseline
@@ -91,8 +94,27 @@ def rows(study: Path, baseline: str = "adamw") -> list[StudyRow]:
                     s_it.significant if s_it else None,
                     str(seeds_reached(r.cross_steps.values if r.cross_steps else [])),
                     s_fit.value if s_fit else None, ratio, why,
+                    saving_band(r.cross_steps, base.cross_steps if base else None),
                 ))  # fmt: skip
     return out
+
+
+def saving_band(mine: Interval | None, base: Interval | None) -> tuple[float, float] | None:
+    """The iterations saved over seeds, ``mean -+ std`` of ``1 - c_i / mean(baseline)``
+    (None: fewer than 2 seeds, or a seed or the baseline that never reached the target)."""
+    if mine is None or base is None or mine.n < 2 or not math.isfinite(base.mean):
+        return None
+    if not all(math.isfinite(v) for v in mine.values) or base.mean <= 0:
+        return None
+    per_seed = [1.0 - v / base.mean for v in mine.values]
+    m, sd = statistics.fmean(per_seed), statistics.stdev(per_seed)
+    return m - sd, m + sd
+
+
+def _other(attr: str, v: float) -> str:
+    if not v:
+        return "?"
+    return f"{v / 1e6:.2g}M params" if attr == "params" else f"{int(v):,} tokens/step"
 
 
 def _pct(x: float | None) -> str:
@@ -119,22 +141,30 @@ def table(rs: list[StudyRow]) -> Table:
 
 def figures(rs: list[StudyRow], baseline: str) -> list[Figure]:
     figs = []
-    for key, attr, label in (
-        ("saving_vs_model_size", "params", "non-embedding parameters"),
-        ("saving_vs_batch", "tokens_per_step", "tokens per step"),
+    for key, attr, other, label in (
+        ("saving_vs_model_size", "params", "tokens_per_step", "non-embedding parameters"),
+        ("saving_vs_batch", "tokens_per_step", "params", "tokens per step"),
     ):
-        f = Figure(key, f"Iterations saved against {baseline} vs {label}", label,
-                   f"iterations saved vs {baseline} (%)", xlog=True)  # fmt: skip
+        f = Figure(key, f"Iterations saved against {baseline} vs {label} (bands: seeds, "
+                   "mean -+ std)", label, f"iterations saved vs {baseline} (%)", xlog=True)  # fmt: skip
         for opt in sorted({r.optimizer for r in rs} - {baseline}):
-            pts = sorted(
-                (getattr(r, attr), 100 * r.iter_saving)
-                for r in rs
-                if r.optimizer == opt and getattr(r, attr) and r.iter_saving is not None
-                and math.isfinite(r.iter_saving)
-            )  # fmt: skip
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                f.series.append(Series(opt, list(xs), list(ys), color(opt), group=opt))
+            # One line per optimizer and value of the other axis (batch on the size plot,
+            # size on the batch plot), so a line changes one thing at a time.
+            mine = [r for r in rs if r.optimizer == opt and getattr(r, attr) and
+                    r.iter_saving is not None and math.isfinite(r.iter_saving)]  # fmt: skip
+            for i, o in enumerate(sorted({getattr(r, other) or 0 for r in mine})):
+                pts = sorted((r for r in mine if (getattr(r, other) or 0) == o),
+                             key=lambda r: getattr(r, attr))  # fmt: skip
+                xs = [getattr(r, attr) for r in pts]
+                bands = [r.iter_band for r in pts]
+                band = (
+                    ([100 * b[0] for b in bands], [100 * b[1] for b in bands])  # type: ignore[index]
+                    if all(b is not None for b in bands)
+                    else None
+                )
+                name = f"{opt}, {_other(other, o)}"
+                f.series.append(Series(name, xs, [100 * r.iter_saving for r in pts], color(opt),
+                                       group=opt, faint=i > 0, band=band))  # fmt: skip
         figs.append(f)
     for key, attr, what in (("profile_iterations", "iterations", "iterations"),
                             ("profile_wallclock", "seconds", "wall-clock")):  # fmt: skip

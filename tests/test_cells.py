@@ -1,0 +1,93 @@
+"""Concurrent CPU runs (scripts/cells.py, issue 19 item 5): slots, worker processes, the
+concurrency each run records, and a study run end to end with two runs at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from scripts import cells
+
+
+def _env_of_worker(_: int) -> dict[str, str]:
+    import torch
+
+    return {
+        "threads": str(torch.get_num_threads()),
+        "concurrent": os.environ.get(cells.CONCURRENT_ENV, ""),
+        "pid": str(os.getpid()),
+    }
+
+
+def test_in_process_workers_get_their_share_of_the_cores():
+    with cells.InProcess(2) as pool:
+        got = [f.result() for f in [pool.submit(_env_of_worker, i) for i in range(6)]]
+    assert {g["threads"] for g in got} == {str(cells.threads_per_run(2))}
+    assert {g["concurrent"] for g in got} == {"2"}
+    assert str(os.getpid()) not in {g["pid"] for g in got}
+    with cells.InProcess(1) as pool:  # one job: this very process, nothing recorded
+        f = pool.submit(_env_of_worker, 0)
+        assert f.done() and f.result()["pid"] == str(os.getpid())
+
+
+def test_commands_run_in_slots_at_most_jobs_at_once():
+    running, peak, seen = [0], [0], []
+    lock = threading.Lock()
+
+    def call(cmd, env):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            seen.append((cmd[-1], env["CUDA_VISIBLE_DEVICES"], env[cells.CONCURRENT_ENV]))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return int(cmd[-1]) % 2  # odd commands fail: their codes come back in order
+
+    cmds = [["torchrun", str(i)] for i in range(7)]
+    assert cells.run_commands(cmds, 3, gpus_per_run=2, call=call) == [i % 2 for i in range(7)]
+    assert peak[0] == 3
+    # each slot its own GPUs: 3 slots x 2 GPUs, disjoint
+    assert {d for _, d, _ in seen} == {"0,1", "2,3", "4,5"}
+    assert {c for _, _, c in seen} == {"3"}
+
+
+def test_a_study_with_two_runs_at_once(tmp_path, cache_dir, monkeypatch):
+    """``scripts.reproduce --study`` with ``--jobs 2``: one-process runs train inside two
+    workers, every run records that it shared the machine, and the study report says so."""
+    from scripts import reproduce, study
+
+    monkeypatch.setattr(study, "STUDIES", tmp_path)
+    (tmp_path / "two.yaml").write_text(
+        "experiments:\n"
+        "  - {name: small, preset: ladder, overrides: [model=ladder100k]}\n"
+        "  - {name: large, preset: ladder, overrides: [model=ladder300k]}\n"
+    )
+    out = tmp_path / "out"
+    argv = ["--study", "two", "--gpus", "1", "--jobs", "2", "--optimizers", "adamw", "soap",
+            "--lrs", "0.01", "0.0316", "--fractions", "0.5", "--best-seeds", "1", "--quick",
+            "--out", str(out), f"cache_dir={cache_dir}"]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    for exp in ("small", "large"):
+        runs = sorted(p for p in (out / exp).glob("*/lr*_seed*") if p.is_dir())
+        # per optimizer: 2 LRs + a second seed + a fraction
+        assert len(runs) == 8, runs
+        for r in runs:
+            assert json.loads((r / "summary.json").read_text())["status"] == "completed", r
+            assert json.loads((r / "env.json").read_text())["hardware"]["concurrent_runs"] == 2
+    md = (out / "report" / "report.md").read_text()
+    assert "| small | soap |" in md and "| large | soap |" in md
+    assert "shared the machine" in (out / "small" / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("jobs", [0, -1])
+def test_bad_jobs_is_one_line(jobs, capsys):
+    from scripts import reproduce
+
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["demo", "--plan", "--jobs", str(jobs)])
+    assert e.value.code == 2 and "--jobs must be >= 1" in capsys.readouterr().err
