@@ -47,7 +47,12 @@ def preset_cfg(preset: str, extra: list[str] | None = None) -> Any:
     names = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
     if preset not in names:
         raise SystemExit(f"error: unknown preset {preset!r}: choose one of {names}")
-    return compose([f"experiment={preset}", "run_dir=.", *(extra or [])])
+    try:
+        return compose([f"experiment={preset}", "run_dir=.", *(extra or [])])
+    except Exception as e:  # a bad override: one line, exit 2, before any run starts
+        from scripts.config import error_line
+
+        raise SystemExit(f"error: {error_line(e)}") from None
 
 
 def plan(preset: str, fractions: list[float], extra: list[str] | None = None) -> dict:
@@ -333,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.study:
         from scripts import study
+
+        if args.preset:  # with --study, the first override lands in the preset's place
+            args.overrides, args.preset = [args.preset, *args.overrides], None
 
         return study.main(args, list(argv if argv is not None else sys.argv[1:]))
     if not args.preset:

@@ -93,10 +93,12 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     )
     if args.plan:
         return 0
-    rest = _forwarded(argv)
+    # The options, then "--" and the overrides: an override after a list option (--seeds 1
+    # model=x) would otherwise be read as one of its values.
+    rest = [a for a in _forwarded(argv) if a not in args.overrides and a != "--"]
     for e in exps:
         cmd = [sys.executable, "-m", "scripts.reproduce", e.preset, "--out", str(out / e.name)]
-        cmd += [*rest, *e.overrides]
+        cmd += [*rest, "--", *args.overrides, *e.overrides]
         print("+ " + " ".join(cmd), flush=True)
         if not args.dry_run:
             code = subprocess.call(cmd)
