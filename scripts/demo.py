@@ -28,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 from scripts.cells import InProcess, threads_per_run
-from scripts.measures import best_lr
+from scripts.measures import best_lr, edge_extension
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIMIZERS = ("adamw", "shampoo", "soap")
@@ -53,12 +53,6 @@ QUICK = {
     "fractions": [0.5],
     "max_extend": 0,
 }
-
-
-def half_decade(lr: float, direction: int) -> float:
-    """The next value on the half-decade grid 1e-3, 3.16e-3, 1e-2, ... above or below ``lr``."""
-    k = round(2 * math.log10(lr)) + direction
-    return float(f"{10 ** (k / 2):.3g}")
 
 
 def run_cell(
@@ -100,17 +94,6 @@ def run_cell(
     return rec.final_eval_loss if rec is not None and rec.completed else None
 
 
-def extension(losses: dict[float, float | None], extended: int, plan: dict) -> float | None:
-    """The next LR of a finished sweep whose best sits on its grid's edge (or None)."""
-    if extended >= plan["max_extend"] or len(losses) < 2:
-        return None
-    found = best_lr(losses.items())
-    grid = sorted(losses)
-    if found is None or found[0] not in (grid[0], grid[-1]):
-        return None
-    return half_decade(found[0], +1 if found[0] == grid[-1] else -1)
-
-
 def protocol(cells: InProcess, out: Path, plan: dict, extra: list[str]) -> dict[str, float]:
     """Every optimizer's LR sweep at full length (seed 0, extended while the best sits on an
     edge), then its best LR with more seeds and at the schedule fractions. Runs that do not
@@ -135,8 +118,8 @@ def protocol(cells: InProcess, out: Path, plan: dict, extra: list[str]) -> dict[
             losses[opt][lr] = f.result()
             if any(o == opt for o, _ in sweeps.values()):
                 continue  # its sweep is still running
-            nxt = extension(losses[opt], extended[opt], plan)
-            if nxt is not None:
+            nxt = edge_extension(losses[opt].items())
+            if nxt is not None and extended[opt] < plan["max_extend"]:
                 extended[opt] += 1
                 print(f"demo: best {opt} lr is on the grid's edge; adding lr {nxt:g}", flush=True)
                 sweep_cell(opt, nxt)

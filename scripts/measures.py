@@ -8,6 +8,8 @@ these functions; terms as in :mod:`scripts.clock`).
   target and are skipped as interpolation anchors.
 * :func:`best_lr`: the learning rate with the lowest mean final eval loss over seeds, a run
   that crashed or diverged counting as infinite (never dropped); ties go to the smaller LR.
+* :func:`edge_extension`: the next learning rate of a sweep whose best sits on its grid's edge
+  (half a decade beyond it), so a best LR is shown to lie inside its grid.
 """
 
 from __future__ import annotations
@@ -60,3 +62,22 @@ def best_lr(results: Iterable[tuple[float, float | None]]) -> tuple[float, float
         return None
     lr, losses = min(by_lr.items(), key=lambda kv: (sum(kv[1]) / len(kv[1]), kv[0]))
     return lr, sum(losses) / len(losses)
+
+
+def half_decade(lr: float, direction: int) -> float:
+    """The next value on the half-decade grid 1e-3, 3.16e-3, 1e-2, ... above or below ``lr``."""
+    k = round(2 * math.log10(lr)) + direction
+    return float(f"{10 ** (k / 2):.3g}")
+
+
+def edge_extension(results: Iterable[tuple[float, float | None]]) -> float | None:
+    """The LR half a decade beyond the best of a finished sweep when the best is the
+    smallest or the largest LR swept (None: interior, fewer than 2 LRs, or nothing finite)."""
+    results = list(results)
+    found = best_lr(results)
+    grid = sorted({float(lr) for lr, _ in results})
+    if found is None or len(grid) < 2 or not math.isfinite(found[1]):
+        return None
+    if found[0] not in (grid[0], grid[-1]):
+        return None
+    return half_decade(found[0], +1 if found[0] == grid[-1] else -1)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -35,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from scripts.config import CONFIGS, compose
-from scripts.measures import best_lr
+from scripts.launch import head_node, launch, sbatch_script
+from scripts.measures import best_lr, edge_extension
 from scripts.record import RunRecord
 
 PEAK, MFU = 989e12, 0.4
@@ -142,87 +142,6 @@ def train_cmd(
     ]
 
 
-RDZV_PORT = 29500
-
-
-def head_node(dry: bool) -> str:
-    """The first node of this Slurm allocation: the c10d rendezvous endpoint."""
-    if dry or "SLURM_JOB_NODELIST" not in os.environ:
-        return os.environ.get("MASTER_ADDR", "$HEAD_NODE")
-    out = subprocess.run(
-        ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.split()[0]
-
-
-def launch(
-    gpus: int, nodes: int, restarts: int, run_id: str, head: str = "$HEAD_NODE"
-) -> list[str]:
-    """The launcher of one run: plain python (1 process), torchrun on this node, or - on
-    several nodes - ``srun`` starting one torchrun per node that meet at a c10d rendezvous on
-    the first node. ``restarts``: torchrun restarts the whole group when a rank dies (the
-    trainer resumes from its last checkpoint; tested in tests/test_multinode.py)."""
-    if nodes <= 1 and gpus <= 1 and restarts == 0:
-        return [sys.executable, "-m"]
-    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}"]
-    if restarts:
-        run.append(f"--max-restarts={restarts}")
-    if nodes <= 1:
-        if not restarts:  # a port of its own: runs may share the node (--jobs)
-            return [*run, f"--master-port={_free_port()}", "-m"]
-        # Restarts need the c10d rendezvous: with the static one (--master-port) the restarted
-        # group read the dead rank's gloo address from the previous attempt and could not
-        # connect; with --standalone the restarted group hung (both seen with torch 2.13).
-        rdzv = [
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=localhost:{_free_port()}",
-            f"--rdzv-id={run_id}",
-        ]
-        return [*run, *rdzv, "-m"]
-    rdzv = [
-        f"--nnodes={nodes}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={head}:{RDZV_PORT}",
-        f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'local')}-{run_id}",
-    ]
-    return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", *run, *rdzv, "-m"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def sbatch_script(args: argparse.Namespace, argv: list[str]) -> str:
-    """One Slurm job over ``--nodes`` nodes that runs this driver (every phase, each run on
-    all nodes); ``--requeue``: after a preemption Slurm starts it again and the driver
-    continues (completed runs are skipped, interrupted ones resume)."""
-    inner = [a for a in argv if a not in ("--slurm", "--dry-run")]
-    out = Path(args.out or f"results/runs/{args.preset}")
-    return "\n".join(
-        [
-            "#!/bin/bash",
-            f"#SBATCH --job-name=soap-bench-{args.preset}",
-            f"#SBATCH --nodes={args.nodes}",
-            "#SBATCH --ntasks-per-node=1",
-            f"#SBATCH --gpus-per-node={args.gpus}",
-            "#SBATCH --exclusive",
-            "#SBATCH --requeue",
-            f"#SBATCH --output={out}/slurm-%j.out",
-            "set -euo pipefail",
-            f"cd {shlex.quote(str(Path(__file__).resolve().parent.parent))}",
-            shlex.join([sys.executable, "-m", "scripts.reproduce", *inner]),
-            "",
-        ]
-    )
-
-
 def tune_phase(args: argparse.Namespace, out: Path, extra: list[str]) -> dict[str, dict]:
     """Full tuning before the comparison: ``scripts.tune`` (resumable: re-running continues
     its study), then each optimizer's tuned learning rate and other overrides."""
@@ -289,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3.16e-3, 1e-2])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.625, 0.75, 0.875])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument(
+        "--extend",
+        type=int,
+        default=0,
+        help="up to N more LRs, half a decade beyond the edge, while an optimizer's best LR "
+        "sits on its sweep's edge (the demo's rule; not in --plan's budget)",
+    )
     ap.add_argument(
         "--best-seeds",
         nargs="+",
@@ -398,6 +324,18 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [args.seeds[0]] if opt in tuned else args.seeds
         sweep[opt] = [(lr, cmd_for(opt, lr, 1.0, s)) for lr in lrs for s in seeds]
     _run_all([c for cells in sweep.values() for _, c in cells], args)
+    for _ in range(0 if args.dry_run else args.extend):  # a best LR on its grid's edge
+        more = []
+        for opt, cells in sweep.items():
+            nxt = None if opt in tuned else edge_extension((lr, _final_loss(c)) for lr, c in cells)
+            if nxt is not None and nxt not in {lr for lr, _ in cells}:
+                print(f"reproduce: best {opt} LR is on its grid's edge; adding lr {nxt:g}")
+                new = [(nxt, cmd_for(opt, nxt, 1.0, s)) for s in args.seeds]
+                cells += new
+                more += [c for _, c in new]
+        if not more:
+            break
+        _run_all(more, args)
     best: dict[str, float] = {}
     for opt, cells in sweep.items():
         found = best_lr([(lr, None if args.dry_run else _final_loss(c)) for lr, c in cells])

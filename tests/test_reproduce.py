@@ -152,3 +152,45 @@ def test_full_tuning_phase_feeds_the_comparison(tmp_path, cache_dir):
 
     listed = pd.read_csv(out / "report" / "summary.csv")["run_dir"].tolist()
     assert len(listed) == 4 and not any("/tune/" in d for d in listed), listed  # 2 x (1, 0.5)
+
+
+def test_edge_extension_rule():
+    from scripts.measures import edge_extension
+
+    assert edge_extension([(1e-3, 3.0), (3.16e-3, 2.9), (1e-2, 2.8)]) == 0.0316
+    assert edge_extension([(1e-3, 2.7), (3.16e-3, 2.9), (1e-2, 2.8)]) == 0.000316
+    assert edge_extension([(1e-3, 3.0), (3.16e-3, 2.7), (1e-2, 2.8)]) is None  # interior
+    assert edge_extension([(1e-3, None), (1e-2, None)]) is None  # nothing finite
+    assert edge_extension([(1e-3, 2.0)]) is None
+
+
+def test_reproduce_extends_a_sweep_whose_best_is_on_the_edge(tmp_path, monkeypatch):
+    """``--extend 5``: the sweep goes half a decade beyond its edge while the best sits there
+    (the bowl's optimum is at lr 0.1), stops once it is interior, and phase 2 runs at the
+    extended best."""
+    import math
+
+    from scripts import reproduce
+
+    ran: list[list[str]] = []
+
+    def lr_of(cmd):
+        return float(next(a for a in cmd if a.startswith("optimizer.lr=")).split("=")[1])
+
+    def fake_run_all(cmds, args):
+        ran.extend(cmds)
+
+    def bowl(cmd):
+        return 3.0 + (math.log10(lr_of(cmd)) + 1.0) ** 2
+
+    monkeypatch.setattr(reproduce, "_run_all", fake_run_all)
+    monkeypatch.setattr(reproduce, "_final_loss", bowl)
+    monkeypatch.setattr(reproduce, "_run", lambda cmd, dry: None)
+    monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd: 0)
+    argv = ["demo", "--gpus", "1", "--optimizers", "adamw", "--lrs", "0.001", "0.00316", "0.01",
+            "--fractions", "0.5", "--extend", "5", "--out", str(tmp_path)]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    full = [lr_of(c) for c in ran if "train.fraction=1.0" in c]
+    assert full == [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316]  # then 0.1 is interior
+    frac = [lr_of(c) for c in ran if "train.fraction=0.5" in c]
+    assert frac == [0.1]
