@@ -62,7 +62,7 @@ tune-demo: install
 # AdamW and SOAP, an LR grid each, 2 seeds at each best LR, 2 schedule fractions; 2 runs at once.
 study-demo: install
 	$(PY) -m scripts.reproduce --study cpu_ladder --gpus 1 --jobs 2 --optimizers adamw soap \
-		--lrs 0.00316 0.01 0.0316 --fractions 0.5 0.75 --best-seeds 1 --out results/study-demo
+		--lrs 0.00316 0.01 0.0316 --extend 1 --fractions 0.5 0.75 --best-seeds 1 --out results/study-demo
 
 demo-quick: install
 	$(PY) -m scripts.demo --quick --out results/runs/demo-quick

@@ -220,7 +220,7 @@ def to_plotly_div(fig: Figure, div_id: str) -> str:
     for y, label in fig.hlines:
         f.add_hline(y=y, line_dash="dash", line_color="black", annotation_text=label)
     f.update_layout(
-        title=fig.title,
+        title=fig.title.replace("\n", "<br>"),
         xaxis_title=fig.xlabel,
         yaxis_title=fig.ylabel,
         xaxis_type="log" if fig.xlog else "linear",

@@ -145,8 +145,9 @@ def figures(rs: list[StudyRow], baseline: str) -> list[Figure]:
         ("saving_vs_model_size", "params", "tokens_per_step", "non-embedding parameters"),
         ("saving_vs_batch", "tokens_per_step", "params", "tokens per step"),
     ):
-        f = Figure(key, f"Iterations saved against {baseline} vs {label} (bands: seeds, "
-                   "mean -+ std)", label, f"iterations saved vs {baseline} (%)", xlog=True)  # fmt: skip
+        f = Figure(key, f"Iterations saved against {baseline} vs {label}\n(bands: seeds, mean "
+                   "-+ std; a missing point: not reached)", label,
+                   f"iterations saved vs {baseline} (%)", xlog=True)  # fmt: skip
         for opt in sorted({r.optimizer for r in rs} - {baseline}):
             # One line per optimizer and value of the other axis (batch on the size plot,
             # size on the batch plot), so a line changes one thing at a time.
@@ -194,7 +195,7 @@ def write(study: Path, baseline: str = "adamw") -> Path:
           f"## {t.title}", "", t.markdown(), ""]  # fmt: skip
     for f in figs:
         png = plots.to_png(f, out / f"{f.key}.png")
-        md.append(f"![{f.title}]({png.name})")
+        md.append(f"![{f.title.splitlines()[0]}]({png.name})")
     md += ["", "Experiments: " + ", ".join(f"[{n}](../{n}/report/report.md)" for n, _ in links)]
     (out / "report.md").write_text("\n".join(md) + "\n")
     divs = [plots.to_plotly_div(f, f"study-{f.key}") for f in figs]
