@@ -53,11 +53,24 @@ def slot_env(jobs: int, slot: int, gpus_per_run: int = 0) -> dict[str, str]:
     return env
 
 
-def _worker_init(jobs: int, pids: Any) -> None:
+_STOP: Any = None  # in a worker: the pool's stop event (set by InProcess.interrupt)
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """A task in a worker: none starts once the parent was interrupted (tasks already
+    handed to a worker are not cancelled by ``shutdown(cancel_futures=True)``)."""
+    if _STOP is not None and _STOP.is_set():
+        raise KeyboardInterrupt
+    return fn(*args)
+
+
+def _worker_init(jobs: int, pids: Any, stop: Any) -> None:
     """A pool worker: its share of the cores, the concurrency recorded with its runs, and its
     pid for :meth:`InProcess.interrupt`."""
     import torch
 
+    global _STOP
+    _STOP = stop
     os.environ.update(slot_env(jobs, 0))
     torch.set_num_threads(threads_per_run(jobs))
     # An idle worker ignores Ctrl-C (the parent decides); a trainer installs its own handler
@@ -84,13 +97,17 @@ class InProcess:
         if jobs > 1 or not here:
             ctx = mp.get_context("spawn")  # fork after torch's threads start is unsafe
             self._pids = ctx.SimpleQueue()
+            self._stop = ctx.Event()
             self._pool = ProcessPoolExecutor(
-                jobs, mp_context=ctx, initializer=_worker_init, initargs=(jobs, self._pids)
+                jobs,
+                mp_context=ctx,
+                initializer=_worker_init,
+                initargs=(jobs, self._pids, self._stop),
             )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         if self._pool is not None:
-            return self._pool.submit(fn, *args)
+            return self._pool.submit(_guarded, fn, *args)
         f: Future = Future()
         try:
             f.set_result(fn(*args))
@@ -102,10 +119,12 @@ class InProcess:
 
     def interrupt(self) -> None:
         """Ctrl-C for the workers too: each running trainer checkpoints and stops (exit 130);
-        a worker that was idle just ends. Sent by the parent, so it also works when only the
+        no task starts after it (a run that was still setting up runs to its end).
+        Sent by the parent, so it also works when only the
         parent got the signal (``kill -INT``)."""
         if self._pool is None:
             return
+        self._stop.set()
         while not self._pids.empty():
             pid = self._pids.get()
             with contextlib.suppress(ProcessLookupError):
