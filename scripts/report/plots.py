@@ -189,6 +189,14 @@ def to_png(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _rgba(color: str, alpha: float) -> str:
+    """``#rrggbb`` as a translucent ``rgba(...)`` (a trace's opacity does not reach its fill)."""
+    if not (color.startswith("#") and len(color) == 7):
+        return color
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 def to_plotly_div(fig: Figure, div_id: str) -> str:
     """An interactive figure as an HTML ``<div>`` (the page includes plotly.js once)."""
     import plotly.graph_objects as go
@@ -200,7 +208,7 @@ def to_plotly_div(fig: Figure, div_id: str) -> str:
                                    legendgroup=s.group or s.name, showlegend=False,
                                    hoverinfo="skip"))  # fmt: skip
             f.add_trace(go.Scatter(x=s.x, y=s.band[0], mode="lines", line={"width": 0},
-                                   fill="tonexty", fillcolor=s.color, opacity=0.2,
+                                   fill="tonexty", fillcolor=_rgba(s.color, 0.2),
                                    legendgroup=s.group or s.name, showlegend=False,
                                    hoverinfo="skip"))  # fmt: skip
         f.add_trace(
