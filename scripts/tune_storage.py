@@ -1,0 +1,110 @@
+"""The tuner's study storage: Optuna's RDB storage (SQLite by default, any SQLAlchemy URL) or
+its journal file storage, opened with heartbeats so a killed worker's trial is retried."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scripts import coordinate as cd
+
+if TYPE_CHECKING:
+    from scripts.tune import TuneConfig
+
+
+def storage(tc: TuneConfig) -> Any:
+    """The study's storage, opened (one line naming the URL when it cannot be)."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+    url = tc.storage or f"sqlite:///{Path(tc.out).resolve() / 'tune.db'}"
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(url[len("journal:") :]))
+        Path(tc.out).mkdir(parents=True, exist_ok=True)
+        for attempt in range(5):
+            try:
+                store = _storage_class()(
+                    url,
+                    engine_kwargs={"connect_args": {"timeout": 60}}
+                    if url.startswith("sqlite")
+                    else None,
+                    heartbeat_interval=tc.heartbeat_s,
+                    grace_period=3 * tc.heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+                break
+            except Exception as e:
+                # Two workers creating a new database's schema at once: one loses the race on
+                # the schema's version row (IntegrityError, seen under load); it is there now.
+                if "IntegrityError" not in type(e).__name__ + str(e) or attempt == 4:
+                    raise
+                time.sleep(0.5)
+        if url.startswith("sqlite"):
+            _serialise_sqlite(store.engine)
+        return store
+    except Exception as e:
+        msg = str(e).splitlines()[0][:200]
+        raise cd.SpaceError(
+            f"tune.storage={url} cannot be opened ({type(e).__name__}: {msg})"
+        ) from None
+
+
+@functools.cache
+def _storage_class() -> type:
+    from optuna.storages import RDBStorage
+
+    class Storage(RDBStorage):
+        """Optuna's RDB storage, where a running trial that never sent a heartbeat is stale
+        too once its grace period has passed since it started. Optuna skips such trials, so a
+        worker killed between taking a trial (``ask``) and its first heartbeat left it running
+        for ever and the search waited on it (seen once in CI under load)."""
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            from datetime import datetime, timedelta
+
+            from optuna.storages._rdb import models
+            from optuna.trial import TrialState
+
+            stale = super()._get_stale_trial_ids(study_id)
+            grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+            now = datetime.now()  # the clock that stamped datetime_start
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                if t._trial_id in stale or t.datetime_start is None:
+                    continue
+                if now - t.datetime_start <= grace:
+                    continue
+                with contextlib.closing(self.scoped_session()) as session:
+                    beat = models.TrialHeartbeatModel.where_trial_id(t._trial_id, session)
+                if beat is None:
+                    stale.append(t._trial_id)
+            return stale
+
+    return Storage
+
+
+def _serialise_sqlite(engine: Any) -> None:
+    """Make each SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``,
+    SQLAlchemy's recipe for pysqlite). Otherwise the read and the write of Optuna's "take a
+    waiting trial" run unlocked, and two workers took the same trial (seen here with two
+    processes). Server databases (PostgreSQL) lock the row themselves."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made so far lack the hooks
