@@ -152,7 +152,8 @@ def train(overrides: list[str]) -> int:
     try:
         return run_training(compose(overrides))
     except Exception as e:  # noqa: BLE001 - a crashed run is a result of the sweep
-        print(f"run {overrides} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        where = next((o for o in overrides if o.startswith("run_dir=")), " ".join(overrides))
+        print(f"run {where} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
 

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
-from scripts.cells import InProcess, threads_per_run
+from scripts.cells import InProcess, threads_per_run, train
 from scripts.measures import best_lr, edge_extension
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,9 +61,8 @@ def run_cell(
     """One training run, in this process (saves ~10 s of start-up per run; peak memory is
     still per run, see ``scripts.trainer.loop.reset_peak_memory``). A failing run is reported
     as crashed and the demo goes on; Ctrl-C stops the whole demo."""
-    from scripts.config import compose
     from scripts.record import RunRecord
-    from scripts.trainer import EXIT_INTERRUPTED, run_training
+    from scripts.trainer import EXIT_INTERRUPTED
 
     run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}_seed{seed}"
     overrides = [
@@ -78,11 +77,7 @@ def run_cell(
     ]
     if STOP.requested:  # a Ctrl-C that landed between runs (see main)
         raise KeyboardInterrupt
-    try:
-        code = run_training(compose(overrides))
-    except Exception as e:  # keep going: the report counts it as not reached
-        code = 1
-        print(f"demo: run {run_dir} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    code = train(overrides)  # a crash is exit 1: the report counts it as not reached
     if code == EXIT_INTERRUPTED or STOP.requested:
         raise KeyboardInterrupt  # the trainer saved a checkpoint: stop the whole demo
     if code:
