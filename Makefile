@@ -33,16 +33,16 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench-optim: install
-	$(PY) -m scripts.bench_optimizer
+	$(PY) -m scripts.bench.optimizer
 
 bench-dist: install
-	$(PY) -m scripts.bench_optimizer --procs 1 2 --only soap shampoo muon
+	$(PY) -m scripts.bench.optimizer --procs 1 2 --only soap shampoo muon
 
 bench-loss: install
-	$(PY) -m scripts.bench_loss
+	$(PY) -m scripts.bench.loss
 
 bench-data: install
-	$(PY) -m scripts.bench_data
+	$(PY) -m scripts.bench.data
 
 # Everything GPU-specific in one command (<= 10 min on one GPU): results/bench/gpu_check_<gpu>.txt
 gpu-check: install

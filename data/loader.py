@@ -10,13 +10,30 @@ number of processes, ranks never overlap, and the loader's whole state is ``(epo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from .config import DataError
 from .prepare import Prepared
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What the trainer needs from a training loader (:class:`TrainLoader` over prepared
+    shards, :class:`data.stream.StreamLoader` over a stream): one iteration's micro-batches,
+    and a state that a checkpoint saves and a resume restores exactly."""
+
+    per_rank_state: bool  # True: every rank's state differs and is saved per rank
+
+    def next(self) -> list[torch.Tensor]:
+        """This rank's ``grad_accum`` micro-batches of the next iteration."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class PackedSequences:

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 
 from .config import DataConfig
-from .loader import PackedSequences, TrainLoader, validation_batches
+from .loader import Loader, PackedSequences, TrainLoader, validation_batches
 from .prepare import Prepared, load_prepared, prepare, prepared_root
 
 
 @dataclass
 class Data:
-    loader: Any  # TrainLoader: next() -> micro-batches; state_dict(); per_rank_state
+    loader: Loader  # TrainLoader (prepared shards) or StreamLoader (data.mode=stream)
     validation: list[torch.Tensor]  # this rank's part of the fixed validation set
     vocab_size: int
     info: dict[str, Any]  # for env.json: where the data is and what it is

@@ -6,7 +6,7 @@ Every source yields plain-text documents for a split (``"train"`` or ``"validati
   nor any file in this repo: the pydoc reference topics (``pydoc_data.topics``) and the
   docstrings (>= 200 characters) of modules, classes and functions in the standard library's
   sources, read with ``ast`` (nothing is imported). About 1.6M characters on CPython 3.11 (~0.44M
-  tokens with the default 4096-token BPE; ``python -m scripts.bench_data`` prints both). Limits: technical English about Python, small, and slightly different
+  tokens with the default 4096-token BPE; ``python -m scripts.bench.data`` prints both). Limits: technical English about Python, small, and slightly different
   between Python versions (the prepared manifest records a content checksum).
 * ``local``: ``.txt`` (one document per file, or per blank-line-separated block with
   ``split_paragraphs``), ``.jsonl``/``.jsonl.gz`` and ``.parquet`` (a ``text_field``), given as

@@ -29,6 +29,8 @@ from .tokenizer import Tokenizer
 
 
 class StreamLoader:
+    """The training loader of ``data.mode=stream`` (a :class:`data.loader.Loader`)."""
+
     per_rank_state = True  # every rank reads its own part of the stream
 
     def __init__(

@@ -7,7 +7,7 @@
 Configuration errors (an unknown key, a wrong type, a bad value) print one line naming the
 problem and exit 2 before anything is written; the trainer itself lives in
 :mod:`scripts.trainer`. In a sweep, a job that diverges, is misconfigured or crashes is a
-result, not the end: it is recorded and the sweep goes on; :class:`scripts.sweep.SweepSummary` (a Hydra
+result, not the end: it is recorded and the sweep goes on; :class:`scripts.experiments.sweep.SweepSummary` (a Hydra
 callback, ``configs/train.yaml``) ends the sweep with one line counting completed, diverged
 and failed jobs, writes ``sweep.json`` in Hydra's sweep directory, and exits 1 unless every
 job completed.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from scripts.sweep import OUTCOMES
+from scripts.experiments.sweep import OUTCOMES
 from scripts.trainer import EXIT_CONFIG, EXIT_DIVERGED, ConfigError, run_training
 
 

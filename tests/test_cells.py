@@ -1,4 +1,4 @@
-"""Concurrent CPU runs (scripts/cells.py, issue 19 item 5): slots, worker processes, the
+"""Concurrent CPU runs (scripts/experiments/cells.py, issue 19 item 5): slots, worker processes, the
 concurrency each run records, and a study run end to end with two runs at once."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from scripts import cells
+from scripts.experiments import cells
 
 
 def _env_of_worker(_: int) -> dict[str, str]:
@@ -59,7 +59,7 @@ def test_commands_run_in_slots_at_most_jobs_at_once():
 def test_a_study_with_two_runs_at_once(tmp_path, cache_dir, monkeypatch):
     """``scripts.reproduce --study`` with ``--jobs 2``: one-process runs train inside two
     workers, every run records that it shared the machine, and the study report says so."""
-    from scripts import reproduce, study
+    from scripts.experiments import reproduce, study
 
     monkeypatch.setattr(study, "STUDIES", tmp_path)
     (tmp_path / "two.yaml").write_text(
@@ -86,7 +86,7 @@ def test_a_study_with_two_runs_at_once(tmp_path, cache_dir, monkeypatch):
 
 @pytest.mark.parametrize("jobs", [0, -1])
 def test_bad_jobs_is_one_line(jobs, capsys):
-    from scripts import reproduce
+    from scripts.experiments import reproduce
 
     with pytest.raises(SystemExit) as e:
         reproduce.main(["demo", "--plan", "--jobs", str(jobs)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data.config import DataConfig, DataError
-from data.loader import PackedSequences, TrainLoader, validation_batches
+from data.loader import Loader, PackedSequences, TrainLoader, validation_batches
 from data.prepare import _dtype_for, prepare, verify
 from data.sources import embedded_documents, iter_documents
 
@@ -356,6 +356,9 @@ def test_stream_mode_validation_equals_prepared_and_resumes_exactly(hub_folder, 
         torch.equal(a, b) for a, b in zip(prepared.validation, stream.validation, strict=True)
     )
     loader = stream.loader
+    # Both loaders are what the trainer declares it needs (data.loader.Loader).
+    assert isinstance(loader, Loader) and isinstance(prepared.loader, Loader)
+    assert loader.per_rank_state and not prepared.loader.per_rank_state
     for _ in range(3):
         loader.next()
     state = loader.state_dict()

@@ -9,7 +9,7 @@ from tests.helpers import REPO
 
 
 def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
-    from scripts.demo import main
+    from scripts.experiments.demo import main
 
     out = tmp_path / "demo"
     assert main(["--quick", "--out", str(out), f"cache_dir={cache_dir}"]) == 0
@@ -49,7 +49,7 @@ def test_makefile_targets_exist():
     assert (
         "pytest" in r.stdout
         and "scripts.demo" in r.stdout
-        and "scripts.bench_optimizer" in r.stdout
+        and "scripts.bench.optimizer" in r.stdout
         and "scripts.gpu_check" in r.stdout
     )
 
@@ -61,7 +61,7 @@ def test_ctrl_c_stops_the_whole_demo_and_restores_handlers(tmp_path, cache_dir, 
     import signal
 
     import scripts.trainer.loop as T
-    from scripts.demo import main
+    from scripts.experiments.demo import main
 
     real_step, calls = T.train_step, []
 

@@ -1,7 +1,7 @@
 """``make gpu-check``'s code runs on CPU in smoke mode, so on the first GPU it only has to
 be run (issue 21)."""
 
-from scripts.gpu_check import main, peak_tflops
+from scripts.bench.gpu_check import main, peak_tflops
 
 
 def test_gpu_check_smoke_mode_runs_every_part(tmp_path, capsys):

@@ -78,7 +78,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, cache_dir):
         "regime.micro_batch=4",
     ]
 
-    from scripts.reproduce import launch
+    from scripts.experiments.reproduce import launch
 
     ref = tmp_path / "ref"
     r = cli([*args, f"run_dir={ref}"], cache_dir, launcher=launch(2, 1, 0, "ref"), timeout=400)

@@ -78,7 +78,7 @@ def test_rehearsal_runs_every_phase_and_continues_after_a_kill(tmp_path, cache_d
 def test_multi_node_slurm_job_and_launch_commands(tmp_path, capsys):
     """``--slurm --nodes 2``: one sbatch job over 2 nodes that runs the driver; inside it
     every run is srun + one torchrun per node meeting at a c10d rendezvous, with restarts."""
-    from scripts.reproduce import launch, main
+    from scripts.experiments.reproduce import launch, main
 
     out = tmp_path / "rp"
     argv = ["paper_360m_small_batch", "--slurm", "--nodes", "2", "--gpus", "8", "--out", str(out)]
@@ -170,7 +170,7 @@ def test_reproduce_extends_a_sweep_whose_best_is_on_the_edge(tmp_path, monkeypat
     extended best."""
     import math
 
-    from scripts import reproduce
+    from scripts.experiments import reproduce
 
     ran: list[list[str]] = []
 

@@ -487,7 +487,6 @@ def test_step_size_uses_reference_bias_correction():
     torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_compile_path_matches_eager():
     init, grads = problem([(6, 6), (6, 40), (6,)], 5)
     want, tols = calibrated(

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from scripts import reproduce, study
+from scripts.experiments import reproduce, study
 from scripts.report import study as study_report
 from tests.test_report import power_law_runs
 

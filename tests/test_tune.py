@@ -19,7 +19,7 @@ AXES = [cd.Axis("lr", [1e-3, 1e-2, 1e-1], 1e-3), cd.Axis("weight_decay", [0.0, 0
 
 
 def _bowl(config: dict, seed: int = 0) -> float:
-    from scripts.tune import synthetic
+    from scripts.experiments.tune import synthetic
 
     return synthetic(config, seed, 0.0)["loss"]
 
@@ -102,7 +102,7 @@ def uninterrupted(tmp_path_factory):
 
 def _report_checks(out) -> None:
     """scripts.tune_report: tuned settings, LR-only vs full tuning, sensitivity per axis."""
-    from scripts.tune_report import main as report
+    from scripts.experiments.tune_report import main as report
 
     assert report([str(out)]) == 0
     md = (out / "tune.md").read_text()
@@ -153,11 +153,13 @@ def test_worker_killed_before_its_first_heartbeat(tmp_path, uninterrupted):
     import optuna
 
     from scripts.coordinate import key, load_space, replay
-    from scripts.tune import TuneConfig, space_path, storage
+    from scripts.experiments.tune import TuneConfig, space_path, storage
 
     tc = TuneConfig(out=str(tmp_path), heartbeat_s=1)
     space = load_space(space_path("synthetic"), ["adamw"])
-    study = optuna.create_study(storage=storage(tc), study_name="soap-bench-adamw")
+    study = optuna.create_study(
+        storage=storage(tc.storage, tc.out, tc.heartbeat_s), study_name="soap-bench-adamw"
+    )
     config, seed = replay(space.axes["adamw"], space.threshold, space.noise_seeds, {}, 30).pending[
         0
     ]

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from scripts.record import EvalPoint, RunRecord, variant_name
-from scripts.runinfo import run_info
 from scripts.trainer import identity, plan, state
 from scripts.trainer.checks import (
     EXIT_DIVERGED,
@@ -22,6 +21,7 @@ from scripts.trainer.checks import (
     validate,
 )
 from scripts.trainer.logs import Logs, MetricsFile, Progress, Wandb
+from scripts.trainer.runinfo import run_info
 from scripts.trainer.setup import Run, setup
 from scripts.trainer.step import evaluate, train_step
 from soap import NonFiniteGradientError, optimizer_state_bytes

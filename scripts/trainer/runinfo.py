@@ -60,7 +60,7 @@ def hardware() -> dict[str, Any]:
         "processor": platform.processor() or None,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        # runs sharing the machine at once (scripts.cells); their seconds are their own
+        # runs sharing the machine at once (scripts.experiments.cells); their seconds are their own
         "concurrent_runs": int(os.environ.get("SOAP_BENCH_CONCURRENT_RUNS", "1")),
         "cuda": torch.cuda.is_available(),
     }
@@ -84,7 +84,7 @@ def hardware() -> dict[str, Any]:
 
 def run_info() -> dict[str, Any]:
     return {
-        "git_sha": git_sha(Path(__file__).resolve().parent.parent),
+        "git_sha": git_sha(Path(__file__).resolve().parents[2]),
         "versions": versions(),
         "hardware": hardware(),
         "argv": sys.argv,

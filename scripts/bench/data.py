@@ -1,5 +1,5 @@
 """Is data ever the bottleneck, and does preparing it scale? Side by side in one run (a
-benchmark, not a test): ``python -m scripts.bench_data [--tokens 10e6 50e6] [--seq-len 128]``.
+benchmark, not a test): ``python -m scripts.bench.data [--tokens 10e6 50e6] [--seq-len 128]``.
 
 * prepare throughput with 1 and 2 tokenizer workers on the same local corpus (``.jsonl`` made
   from the embedded text, every document numbered so that none repeats), BPE training
@@ -79,14 +79,14 @@ def run_child(cfg: DataConfig, seq_len: int, cache: Path) -> dict:
 
     d = dataclasses.asdict(cfg)
     code = (
-        "import sys, json; from scripts.bench_data import prepare_in_child; "
+        "import sys, json; from scripts.bench.data import prepare_in_child; "
         "prepare_in_child(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
     )
     r = subprocess.run(
         [sys.executable, "-c", code, json.dumps(d), str(seq_len), str(cache)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     if r.returncode:
         raise SystemExit(f"error: prepare failed:\n{r.stderr[-2000:]}")

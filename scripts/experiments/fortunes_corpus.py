@@ -2,7 +2,7 @@
 Debian's ``fortunes`` and ``fortunes-min`` packages (quotations, literature, jokes, laws and
 definitions; modern prose, unlike the embedded corpus's technical docstrings), one fortune per
 JSONL document. ``apt-get install fortunes fortunes-min`` then
-``python -m scripts.fortunes_corpus corpus/fortunes.jsonl``; ASCII-art files are left out."""
+``python -m scripts.experiments.fortunes_corpus corpus/fortunes.jsonl``; ASCII-art files are left out."""
 
 from __future__ import annotations
 

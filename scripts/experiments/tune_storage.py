@@ -8,29 +8,27 @@ import functools
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scripts import coordinate as cd
 
-if TYPE_CHECKING:
-    from scripts.tune import TuneConfig
 
-
-def storage(tc: TuneConfig) -> Any:
-    """The study's storage, opened (one line naming the URL when it cannot be)."""
+def storage(url: str | None, out: str | Path, heartbeat_s: int) -> Any:
+    """The study's storage at ``url`` (default: SQLite ``<out>/tune.db``), heartbeats every
+    ``heartbeat_s`` seconds, opened (one line naming the URL when it cannot be)."""
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage")
-    url = tc.storage or f"sqlite:///{Path(tc.out).resolve() / 'tune.db'}"
+    url = url or f"sqlite:///{Path(out).resolve() / 'tune.db'}"
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             return JournalStorage(JournalFileBackend(url[len("journal:") :]))
-        Path(tc.out).mkdir(parents=True, exist_ok=True)
+        Path(out).mkdir(parents=True, exist_ok=True)
         for attempt in range(5):
             try:
                 store = _storage_class()(
@@ -38,8 +36,8 @@ def storage(tc: TuneConfig) -> Any:
                     engine_kwargs={"connect_args": {"timeout": 60}}
                     if url.startswith("sqlite")
                     else None,
-                    heartbeat_interval=tc.heartbeat_s,
-                    grace_period=3 * tc.heartbeat_s,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=3 * heartbeat_s,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                 )
                 break

@@ -1,10 +1,10 @@
 """Optimizer step time and state memory, side by side in one run, against AdamW, against peer
 SOAP implementations and against the FLOP floor (a benchmark, not a test).
 
-``python -m scripts.bench_optimizer [--shapes cpu|360m|all] [--device cpu|cuda] [--steps N]
+``python -m scripts.bench.optimizer [--shapes cpu|360m|all] [--device cpu|cuda] [--steps N]
 [--freq F] [--reference PATH/TO/nikhilvyas/SOAP/soap.py] [--no-peers]``
-``python -m scripts.bench_optimizer --procs 1 2`` (the distributed mode, see
-:mod:`scripts.bench_distributed`).
+``python -m scripts.bench.optimizer --procs 1 2`` (the distributed mode, see
+:mod:`scripts.bench.distributed`).
 
 GPT-shaped parameter sets with fixed random gradients; ``optimizer.step()`` alone, device
 synchronised. The first ``--warmup`` steps (SOAP's first step builds its bases with ``eigh``;
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.bench_shapes import COMMON, SHAPE_SETS, Factory, gpt_shapes, ours
+from scripts.bench.shapes import COMMON, SHAPE_SETS, Factory, gpt_shapes, ours
 from soap import SOAP, optimizer_state_bytes
 from soap.layout import Layout
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.procs:
-        from scripts.bench_distributed import main as dist_main
+        from scripts.bench.distributed import main as dist_main
 
         return dist_main(args)
     device = torch.device(args.device)

@@ -85,7 +85,7 @@ def sbatch_script(args: argparse.Namespace, argv: list[str]) -> str:
             "#SBATCH --requeue",
             f"#SBATCH --output={out}/slurm-%j.out",
             "set -euo pipefail",
-            f"cd {shlex.quote(str(Path(__file__).resolve().parent.parent))}",
+            f"cd {shlex.quote(str(Path(__file__).resolve().parents[2]))}",
             shlex.join([sys.executable, "-m", "scripts.reproduce", *inner]),
             "",
         ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.config import CONFIGS
+from scripts.experiments.plan import budget, plan, plan_line
 
 STUDIES = CONFIGS / "study"
 
@@ -76,15 +77,13 @@ def _forwarded(argv: list[str]) -> list[str]:
 
 
 def main(args: argparse.Namespace, argv: list[str]) -> int:
-    from scripts import reproduce
-
     exps = load(args.study)
     out = Path(args.out or f"results/runs/study-{args.study}")
     runs, hours = 0, 0.0
     for e in exps:
-        pl = reproduce.plan(e.preset, args.fractions, [*e.overrides, *args.overrides])
-        n, h = reproduce.budget(pl, args)
-        print(f"[{e.name}] {reproduce.plan_line(pl, n, h)}", flush=True)
+        pl = plan(e.preset, args.fractions, [*e.overrides, *args.overrides])
+        n, h = budget(pl, args)
+        print(f"[{e.name}] {plan_line(pl, n, h)}", flush=True)
         runs, hours = runs + n, hours + h
     print(
         f"study {args.study}: {len(exps)} experiments, {runs} runs, ~{hours:.3g} H100-hours in "

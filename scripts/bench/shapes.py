@@ -1,5 +1,5 @@
 """The parameter sets and optimizer configurations the benchmarks share
-(:mod:`scripts.bench_optimizer`, :mod:`scripts.bench_distributed`): GPT-shaped parameter
+(:mod:`scripts.bench.optimizer`, :mod:`scripts.bench.distributed`): GPT-shaped parameter
 lists and our optimizers configured alike."""
 
 from __future__ import annotations

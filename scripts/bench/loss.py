@@ -2,7 +2,7 @@
 straightforward way, as before) against the chunked fused loss (:mod:`models.loss`), side by
 side in one run (a benchmark, not a test).
 
-``python -m scripts.bench_loss [--preset tiny] [--vocab 32100] [--seq-len 1024] [--micro 4 8]``
+``python -m scripts.bench.loss [--preset tiny] [--vocab 32100] [--seq-len 1024] [--micro 4 8]``
 
 Each measurement runs in a fresh process: peak resident memory (VmHWM) on CPU, the CUDA
 allocator's peak on a GPU (bf16 autocast). The paper's vocabulary (T5, 32100) makes the
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| micro-batch | loss | peak MiB | vs full logits | seconds | loss value |")
     print("|---|---|---|---|---|---|")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     for micro in args.micro:
         rows = {}
         for fused in (False, True):
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=device,
             )
             r = subprocess.run(
-                [sys.executable, "-m", "scripts.bench_loss", "--child", json.dumps(spec)],
+                [sys.executable, "-m", "scripts.bench.loss", "--child", json.dumps(spec)],
                 capture_output=True,
                 text=True,
                 env=env,

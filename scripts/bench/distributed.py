@@ -1,5 +1,5 @@
 """The distributed optimizer step, side by side for 1, 2, ... processes (a benchmark, not a
-test): ``python -m scripts.bench_optimizer --procs 1 2 [--only soap shampoo muon]``.
+test): ``python -m scripts.bench.optimizer --procs 1 2 [--only soap shampoo muon]``.
 
 Every process builds the same GPT-shaped parameters and gradients (as after DDP's gradient
 all-reduce), steps the optimizer in its distributed mode (owner computes, one all-gather) and
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from scripts.bench_shapes import SHAPE_SETS, gpt_shapes, ours
+from scripts.bench.shapes import SHAPE_SETS, gpt_shapes, ours
 
 PORT = 29651
 
@@ -142,10 +142,10 @@ def launch(n: int, args: argparse.Namespace, out: Path) -> list[dict]:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     if n == 1:
-        cmd = [sys.executable, "-m", "scripts.bench_distributed", *common]
+        cmd = [sys.executable, "-m", "scripts.bench.distributed", *common]
     else:
         cmd = [
             sys.executable,
@@ -154,7 +154,7 @@ def launch(n: int, args: argparse.Namespace, out: Path) -> list[dict]:
             f"--nproc_per_node={n}",
             f"--master_port={PORT + n}",
             "-m",
-            "scripts.bench_distributed",
+            "scripts.bench.distributed",
             *common,
         ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -1,0 +1,222 @@
+"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~15 minutes).
+
+The regime (``configs/experiment/demo.yaml``), chosen before looking at which optimizer wins:
+the tiny model; 48 x 128 = 6,144 tokens per step (large relative to the model, as the paper's
+large batch); one pass over the embedded corpus's training split (68 steps); precondition
+frequency 10; cosine schedule with 10% warmup; evaluation every 4 steps on a fixed set.
+
+The protocol, the paper's in miniature: every optimizer sweeps the same half-decade LR grid at
+full length (extended by one value when the best sits on its edge); its best LR is then run
+with two more seeds (3 in all: model initialisation and data order) and at schedule fractions
+0.4, 0.6 and 0.8 (each with its own full cosine schedule) for the power-law fit; then the
+report and the dashboard. Runs that do not wait on each other may run at once (``--jobs``;
+by default one run per 4 cores, so one at a time here: :mod:`scripts.experiments.cells`), each timed on its
+own and recorded with the concurrency it ran under. The report checks the regime's criteria (best LR interior, no eval
+loss of a best-LR run above its first) and says which savings are significant.
+``--quick`` runs a few steps per cell (the CI smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+
+from scripts.experiments.cells import InProcess, threads_per_run, train
+from scripts.measures import best_lr, edge_extension
+
+REPO = Path(__file__).resolve().parents[2]
+OPTIMIZERS = ("adamw", "shampoo", "soap")
+GRID = [3.16e-3, 1e-2, 3.16e-2]  # the same half-decade grid for every optimizer
+
+FULL = {
+    "overrides": [],
+    "lrs": {o: GRID for o in OPTIMIZERS},
+    "seeds": [1, 2],  # with the sweep's seed 0: three seeds at each best LR
+    "fractions": [0.4, 0.6, 0.8],
+    "max_extend": 1,
+}
+QUICK = {
+    "overrides": [
+        "train.max_steps=6",
+        "train.eval_every=2",
+        "regime.global_batch=16",
+        "regime.micro_batch=16",
+    ],
+    "lrs": {"adamw": [3e-3, 1e-2], "shampoo": [1e-2], "soap": [1e-2]},
+    "seeds": [1],
+    "fractions": [0.5],
+    "max_extend": 0,
+}
+
+
+def run_cell(
+    out: Path, optimizer: str, lr: float, fraction: float, seed: int, plan: dict, extra: list[str]
+) -> float | None:
+    """One training run, in this process (saves ~10 s of start-up per run; peak memory is
+    still per run, see ``scripts.trainer.loop.reset_peak_memory``). A failing run is reported
+    as crashed and the demo goes on; Ctrl-C stops the whole demo."""
+    from scripts.record import RunRecord
+    from scripts.trainer import EXIT_INTERRUPTED
+
+    run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}_seed{seed}"
+    overrides = [
+        "experiment=demo",
+        f"optimizer={optimizer}",
+        f"optimizer.lr={lr}",
+        f"train.fraction={fraction}",
+        f"seed={seed}",
+        f"run_dir={run_dir}",
+        *plan["overrides"],
+        *extra,
+    ]
+    if STOP.requested:  # a Ctrl-C that landed between runs (see main)
+        raise KeyboardInterrupt
+    code = train(overrides)  # a crash is exit 1: the report counts it as not reached
+    if code == EXIT_INTERRUPTED or STOP.requested:
+        raise KeyboardInterrupt  # the trainer saved a checkpoint: stop the whole demo
+    if code:
+        print(
+            f"demo: run {run_dir} ended with exit code {code}; it counts as not reached",
+            file=sys.stderr,
+        )
+    rec = RunRecord.read(run_dir)
+    return rec.final_eval_loss if rec is not None and rec.completed else None
+
+
+def protocol(cells: InProcess, out: Path, plan: dict, extra: list[str]) -> dict[str, float]:
+    """Every optimizer's LR sweep at full length (seed 0, extended while the best sits on an
+    edge), then its best LR with more seeds and at the schedule fractions. Runs that do not
+    wait on each other go to ``cells`` together: each optimizer's follow-up runs start as soon
+    as its own sweep is done. Returns the best LR per optimizer (none: nothing finite)."""
+    sweeps: dict[Future, tuple[str, float]] = {}
+    losses: dict[str, dict[float, float | None]] = {o: {} for o in OPTIMIZERS}
+    extended = dict.fromkeys(OPTIMIZERS, 0)
+    follow: list[Future] = []
+    best: dict[str, float] = {}
+
+    def sweep_cell(opt: str, lr: float) -> None:
+        sweeps[cells.submit(run_cell, out, opt, lr, 1.0, 0, plan, extra)] = (opt, lr)
+
+    for opt in OPTIMIZERS:
+        for lr in plan["lrs"][opt]:
+            sweep_cell(opt, lr)
+    while sweeps:
+        done, _ = wait(list(sweeps), return_when=FIRST_COMPLETED)
+        for f in done:
+            opt, lr = sweeps.pop(f)
+            losses[opt][lr] = f.result()
+            if any(o == opt for o, _ in sweeps.values()):
+                continue  # its sweep is still running
+            nxt = edge_extension(losses[opt].items())
+            if nxt is not None and extended[opt] < plan["max_extend"]:
+                extended[opt] += 1
+                print(f"demo: best {opt} lr is on the grid's edge; adding lr {nxt:g}", flush=True)
+                sweep_cell(opt, nxt)
+                continue
+            found = best_lr(losses[opt].items())
+            if found is None or not math.isfinite(found[1]):
+                continue
+            best[opt] = found[0]
+            follow += [cells.submit(run_cell, out, opt, found[0], 1.0, s, plan, extra) for s in plan["seeds"]]  # fmt: skip
+            follow += [cells.submit(run_cell, out, opt, found[0], fr, 0, plan, extra) for fr in plan["fractions"]]  # fmt: skip
+    for f in follow:
+        f.result()
+    return best
+
+
+class _Stop:
+    """Ctrl-C between runs: Python raises KeyboardInterrupt wherever the main thread is, and
+    on a busy machine that can be inside a finalizer run by garbage collection (after a
+    run, while the next one is set up), where Python prints and swallows it; the demo then went
+    on. The demo's own handler also records the request, checked before and after every run.
+    During a run the trainer's handler takes over (checkpoint, exit 130) and gives this one
+    back when the run ends."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+
+STOP = _Stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="soap-bench demo: AdamW vs Shampoo vs SOAP at tiny scale on CPU"
+    )
+    ap.add_argument("--out", default="results/runs/demo", help="where the run directories go")
+    ap.add_argument("--report-out", default=None, help="report directory (default: <out>/report)")
+    ap.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=max(1, min(8, (os.cpu_count() or 1) // 4)),
+        help="runs at once, each with cpu_count/jobs threads (default: one per 4 cores, "
+        "at most 8; on 2 cores two at once measured no faster, see scripts/experiments/cells.py)",
+    )
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides for every run, e.g. data=local data.paths=[book.txt]",
+    )
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    STOP.requested = False
+    previous = signal.signal(signal.SIGINT, STOP.handle)
+    try:
+        return _demo(args, argv)
+    except KeyboardInterrupt:
+        print(
+            "demo: interrupted; run the same command again to continue (completed runs are kept)",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
+    plan = QUICK if args.quick else FULL
+    out = Path(args.out)
+    t0 = time.time()
+    n = sum(len(v) for v in plan["lrs"].values()) + len(OPTIMIZERS) * (
+        len(plan["seeds"]) + len(plan["fractions"])
+    )
+    print(f"demo: {n} runs (more if a grid needs extending) into {out}", flush=True)
+    print(
+        f"demo: {args.jobs} run(s) at once, {threads_per_run(args.jobs)} thread(s) each",
+        flush=True,
+    )
+    with InProcess(args.jobs) as cells:
+        protocol(cells, out, plan, args.overrides)
+    from scripts.report import write_report
+
+    cmd = "python -m scripts.demo " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = write_report(
+        out, args.report_out, command=f"{cmd.strip()} (report: python -m scripts.report {out})"
+    )
+    for name, table in res.headline.items():
+        print(f"\n{name}\n{table}\n")
+        for v in res.verdicts[name]:
+            print(v)
+    for c in res.analysis.comparisons:
+        for note in c.notes:
+            print(f"note: {note}")
+    print(
+        f"\ndemo finished in {time.time() - t0:.0f}s\nreport: {res.out / 'report.md'}\ndashboard: {res.dashboard}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

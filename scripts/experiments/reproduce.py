@@ -1,0 +1,298 @@
+"""Reproduce the paper's grid: ``make reproduce PRESET=paper_360m_large_batch``; rehearse
+every phase of it on CPU: ``make rehearsal``.
+
+``python -m scripts.reproduce <preset> [--gpus N] [--lrs ...] [--fractions ...] [--seeds ...]
+[--optimizers ...] [--plan] [--dry-run] [--slurm] [--quick]``
+
+Phases: (0) prepare the data once, before any run is launched (or, for streamed data, train
+the tokenizer and read the validation set), so no rank of a multi-GPU run waits for it;
+(1) sweep each optimizer's learning rate at full length; (2) run each optimizer's best LR at
+the schedule fractions (each with its own full cosine schedule) - the runs the paper's
+power-law fit needs; (3) the report and dashboard. Every run is ``torchrun --nproc_per_node
+N -m scripts.train ...`` (NCCL on GPUs, gloo on CPU). Completed runs are skipped and an
+interrupted one resumes from its checkpoint (``resume=auto``), so re-running the command after
+a preemption or a kill continues where it stopped.
+
+``rehearsal`` is the same driver at toy scale on CPU: 2 gloo processes per run, the tiny
+model, and data streamed (``data.mode=stream``) through the C4 code path from the embedded
+corpus exported as a local folder in the hub layout; ``--quick`` shortens it for CI.
+
+``--plan`` prints token budgets, iterations and estimated H100-hours per run (6 N FLOPs per
+token at 40% of 989 bf16 TFLOP/s: an estimate, not a measurement). ``--slurm`` launches phase
+1 through Hydra multirun with hydra-submitit-launcher (``pip install -e '.[cluster]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scripts.experiments.launch import head_node, launch, sbatch_script
+from scripts.experiments.plan import budget, plan, plan_line, preset_cfg
+from scripts.measures import best_lr, edge_extension
+from scripts.record import RunRecord
+
+QUICK = ["train.max_steps=8", "train.eval_every=4", "train.checkpoint_every=4"]
+
+
+def rehearsal_data(cache_dir: str) -> list[str]:
+    """The embedded corpus as a local hub-layout folder, streamed like C4."""
+    from data.config import DataConfig
+    from data.sources import export_hub_layout
+
+    folder = export_hub_layout(DataConfig(), Path(cache_dir) / "rehearsal-hub")
+    return [f"data.name={folder.resolve()}"]
+
+
+def train_cmd(
+    preset: str,
+    optimizer: str,
+    lr: float,
+    fraction: float,
+    seed: int,
+    gpus: int,
+    out: Path,
+    extra: list[str],
+    nodes: int = 1,
+    restarts: int = 0,
+    head: str = "localhost",
+) -> list[str]:
+    run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}_seed{seed}"
+    launcher = launch(gpus, nodes, restarts, f"{optimizer}-{lr:g}-{fraction:g}-{seed}", head)
+    return [
+        *launcher,
+        "scripts.train",
+        f"experiment={preset}",
+        f"optimizer={optimizer}",
+        f"optimizer.lr={lr}",
+        f"train.fraction={fraction}",
+        f"seed={seed}",
+        f"run_dir={run_dir}",
+        "train.progress=false",
+        *extra,
+    ]
+
+
+def tune_phase(args: argparse.Namespace, out: Path, extra: list[str]) -> dict[str, dict]:
+    """Full tuning before the comparison: ``scripts.tune`` (resumable: re-running continues
+    its study), then each optimizer's tuned learning rate and other overrides."""
+    tdir = out / "tune"
+    cmd = [
+        sys.executable, "-m", "scripts.tune", f"tune.space={args.tune_space}",
+        f"tune.optimizers=[{','.join(args.optimizers)}]", f"tune.budget={args.tune_budget}",
+        f"tune.workers={args.tune_workers}", f"tune.out={tdir}", f"experiment={args.preset}", *extra,
+    ]  # fmt: skip
+    if args.tune_storage:
+        cmd.append(f"tune.storage={args.tune_storage}")
+    _run(cmd, args.dry_run)
+    if args.dry_run:
+        return {}
+    res = json.loads((tdir / "tune.json").read_text())["optimizers"]
+    return {
+        o: {
+            "lr": r["best"]["lr"],
+            "overrides": [x for x in r["overrides"] if not x.startswith("optimizer.lr=")],
+        }
+        for o, r in res.items()
+    }
+
+
+def _final_loss(cmd: list[str]) -> float | None:
+    run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))
+    rec = RunRecord.read(run_dir)
+    return rec.final_eval_loss if rec is not None and rec.completed else None
+
+
+def _run_all(cmds: list[list[str]], args: argparse.Namespace) -> None:
+    """Runs that do not wait on each other: ``--jobs`` at a time (:mod:`scripts.experiments.cells`)."""
+    for cmd in cmds:
+        print("+", shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return
+    from scripts.experiments.cells import run_commands
+
+    for cmd, code in zip(cmds, run_commands(cmds, args.jobs, args.gpus), strict=True):
+        if code:
+            run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
+            print(f"reproduce: {run_dir} ended with exit code {code}; it counts as not reached")
+
+
+def _run(cmd: list[str], dry: bool) -> None:
+    print("+", shlex.join(cmd), flush=True)
+    if not dry:
+        code = subprocess.call(cmd)
+        if code:
+            print(
+                f"reproduce: that run ended with exit code {code}; it counts as not reached",
+                flush=True,
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("preset", nargs="?", help="an experiment preset (or --study NAME)")
+    ap.add_argument(
+        "--study", default=None, help="a study in configs/study (scripts/experiments/study.py)"
+    )
+    ap.add_argument(
+        "--gpus", type=int, default=8, help="processes per run (torchrun); 1: plain python"
+    )
+    ap.add_argument("--optimizers", nargs="+", default=["adamw", "shampoo", "soap"])
+    ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3.16e-3, 1e-2])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.625, 0.75, 0.875])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument(
+        "--extend",
+        type=int,
+        default=0,
+        help="up to N more LRs, half a decade beyond the edge, while an optimizer's best LR "
+        "sits on its sweep's edge (the demo's rule; not in --plan's budget)",
+    )
+    ap.add_argument(
+        "--best-seeds",
+        nargs="+",
+        type=int,
+        default=[],
+        help="more seeds at each best LR, full length (the demo's protocol: seeds 1 2)",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once on this node, each with its share of the cores (and, with --gpus, "
+        "its own GPUs); their wall-clock is recorded as measured under that sharing",
+    )
+    ap.add_argument("--out", default=None, help="default results/runs/<preset>")
+    ap.add_argument(
+        "--plan", action="store_true", help="print budgets and estimated GPU-hours, run nothing"
+    )
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument(
+        "--slurm",
+        action="store_true",
+        help="one node: phase 1 via Hydra multirun + submitit; --nodes N: one sbatch job",
+    )
+    ap.add_argument("--nodes", type=int, default=1, help="nodes per run (srun + c10d rendezvous)")
+    ap.add_argument(
+        "--tune",
+        choices=("lr", "full"),
+        default="lr",
+        help="lr: the LR sweep (phase 1); full: scripts.tune over --tune-space first, then "
+        "every optimizer at its tuned settings (its LR sweep skipped)",
+    )
+    ap.add_argument("--tune-space", default="paper", help="a file in configs/tune")
+    ap.add_argument("--tune-budget", type=int, default=30, help="max trials per optimizer")
+    ap.add_argument("--tune-workers", type=int, default=1, help="tuner worker processes")
+    ap.add_argument("--tune-storage", default=None, help="Optuna storage URL (default SQLite)")
+    ap.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="torchrun restarts after a lost rank (default: 0 on one node, 3 on several)",
+    )
+    ap.add_argument("--quick", action="store_true", help="a few steps per run (CI)")
+    ap.add_argument("overrides", nargs="*", default=[], help="extra overrides for every run")
+    args = ap.parse_intermixed_args(argv)  # overrides may follow the options
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.study:
+        from scripts.experiments import study
+
+        if args.preset:  # with --study, the first override lands in the preset's place
+            args.overrides, args.preset = [args.preset, *args.overrides], None
+
+        return study.main(args, list(argv if argv is not None else sys.argv[1:]))
+    if not args.preset:
+        ap.error("give an experiment preset, or --study NAME")
+    t0 = time.time()
+    out = Path(args.out or f"results/runs/{args.preset}")
+    given = {o.split("=", 1)[0] for o in args.overrides}
+    extra = list(args.overrides) + [q for q in QUICK if args.quick and q.split("=")[0] not in given]
+    cfg = preset_cfg(args.preset, extra)
+    if args.preset == "rehearsal":
+        extra += rehearsal_data(cfg.cache_dir)
+    pl = plan(args.preset, args.fractions, extra)
+    print(plan_line(pl, *budget(pl, args)), flush=True)
+    if args.plan:
+        return 0
+    restarts = args.max_restarts if args.max_restarts is not None else (3 if args.nodes > 1 else 0)
+    if args.slurm and args.nodes > 1:
+        script = sbatch_script(args, list(argv if argv is not None else sys.argv[1:]))
+        path = out / "reproduce.sbatch"
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        print(f"{path}:\n{script}")
+        return 0 if args.dry_run else subprocess.call(["sbatch", str(path)])
+    head = head_node(args.dry_run) if args.nodes > 1 else "localhost"
+    if args.slurm:
+        cmd = [
+            sys.executable,
+            "-m",
+            "scripts.train",
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            f"experiment={args.preset}",
+            "optimizer=" + ",".join(args.optimizers),
+            "optimizer.lr=" + ",".join(map(str, args.lrs)),
+            "seed=" + ",".join(map(str, args.seeds)),
+        ]
+        print(shlex.join(cmd))
+        return 0 if args.dry_run else subprocess.call(cmd)
+    # Phase 0: the data, once, before any run.
+    _run(
+        [sys.executable, "-m", "scripts.prepare", f"experiment={args.preset}", *extra], args.dry_run
+    )
+    tuned = tune_phase(args, out, extra) if args.tune == "full" else {}
+
+    def cmd_for(opt: str, lr: float, frac: float, seed: int) -> list[str]:
+        more = [*extra, *tuned[opt]["overrides"]] if opt in tuned else extra
+        return train_cmd(
+            args.preset, opt, lr, frac, seed, args.gpus, out, more, args.nodes, restarts, head
+        )
+
+    # Phase 1: LR sweep at full length (with full tuning: the tuned settings instead).
+    sweep: dict[str, list[tuple[float, list[str]]]] = {}
+    for opt in args.optimizers:
+        lrs = [tuned[opt]["lr"]] if opt in tuned else args.lrs
+        seeds = [args.seeds[0]] if opt in tuned else args.seeds
+        sweep[opt] = [(lr, cmd_for(opt, lr, 1.0, s)) for lr in lrs for s in seeds]
+    _run_all([c for cells in sweep.values() for _, c in cells], args)
+    for _ in range(0 if args.dry_run else args.extend):  # a best LR on its grid's edge
+        more = []
+        for opt, cells in sweep.items():
+            nxt = None if opt in tuned else edge_extension((lr, _final_loss(c)) for lr, c in cells)
+            if nxt is not None and nxt not in {lr for lr, _ in cells}:
+                print(f"reproduce: best {opt} LR is on its grid's edge; adding lr {nxt:g}")
+                new = [(nxt, cmd_for(opt, nxt, 1.0, s)) for s in args.seeds]
+                cells += new
+                more += [c for _, c in new]
+        if not more:
+            break
+        _run_all(more, args)
+    best: dict[str, float] = {}
+    for opt, cells in sweep.items():
+        found = best_lr([(lr, None if args.dry_run else _final_loss(c)) for lr, c in cells])
+        if opt in tuned or found is not None:
+            best[opt] = tuned[opt]["lr"] if opt in tuned else found[0]
+    # Phase 2: each best LR (or tuned setting) with more seeds and at the schedule fractions.
+    more = []
+    for opt in args.optimizers:
+        lr = best.get(opt, args.lrs[len(args.lrs) // 2])
+        more += [cmd_for(opt, lr, 1.0, s) for s in args.best_seeds if s not in args.seeds]
+        more += [cmd_for(opt, lr, f, s) for f in args.fractions for s in args.seeds]
+    _run_all(more, args)
+    # Phase 3: the report.
+    if args.dry_run:
+        return 0
+    code = subprocess.call([sys.executable, "-m", "scripts.report", str(out)])
+    print(f"reproduce {args.preset}: all phases done in {time.time() - t0:.0f}s", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
