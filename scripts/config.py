@@ -18,6 +18,7 @@ from omegaconf import MISSING
 
 from data.config import DataConfig
 from models import ModelConfig
+from soap.hybrid import LR as MUON_LR
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -133,8 +134,8 @@ class ShampooConfig(_Call):
 @dataclass
 class MuonConfig(_Call):
     _target_: str = "soap.MuonAdamW"
-    lr: float = 3.0e-3
-    adamw_lr: float = 3.0e-3
+    lr: float = MUON_LR  # MuonAdamW's own default, one scale for both parts
+    adamw_lr: float = MUON_LR
     adamw_betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
     weight_decay: float = 0.01
     momentum: float = 0.95

@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import functional as F
-from ._validate import state_dict_writer
+from ._validate import refuse_foreign_state
+from .distributed import Distribution, create, is_dtensor
 from .layout import STEP, Layout, ShapePlan, plan_shape, to_working
 from .nonfinite import (
     finite_flags,
@@ -38,11 +39,6 @@ from .nonfinite import (
 from .stepcount import Cohorts, advance, as_count, new_count
 
 BATCH_MAX_NUMEL = 1 << 20  # tensors larger than this are not stacked with others
-_REFERENCE_KEYS = ("GG", "Q")  # state entries of the public reference SOAP
-
-
-def is_dtensor(t: Tensor) -> bool:
-    return type(t).__name__ == "DTensor"
 
 
 @dataclass(eq=False)
@@ -73,7 +69,8 @@ class BucketedOptimizer(Optimizer):
         self._book: dict[str, Any] = {
             "plan": None,  # (signature, buckets)
             "version": 0,  # bumped whenever the bucket plan must be rebuilt
-            "distribution": None,  # soap.distributed.Distribution, or False: not needed
+            "distribution": None,  # soap.distributed.Distribution (None: one process)
+            "distribution_known": False,  # whether "distribution" has been chosen
             "skipped": None,  # device tensor: parameter updates skipped for non-finite grads
             "scratch": {},  # reusable temporaries on CPU (fresh allocations page-fault there)
             "cohorts": Cohorts(),  # which parameters are at the same step (soap.stepcount)
@@ -145,19 +142,7 @@ class BucketedOptimizer(Optimizer):
         A state dict of the public reference SOAP (``GG``/``Q`` entries), or one another
         optimizer class wrote (whose state entries differ), is refused in one line.
         """
-        writer = state_dict_writer(state_dict)
-        if writer is not None and writer != self._name:
-            raise ValueError(
-                f"{self._name}.load_state_dict: this state dict was written by {writer}, whose "
-                f"state differs: load it into {writer}, or start {self._name} from fresh state"
-            )
-        for st in state_dict.get("state", {}).values():
-            if isinstance(st, dict) and any(k in st for k in _REFERENCE_KEYS):
-                raise ValueError(
-                    f"{self._name}.load_state_dict: this state dict comes from the reference "
-                    "SOAP implementation (entries 'GG'/'Q'), whose layout differs: load it "
-                    "into the reference class, or start soap.SOAP from fresh state"
-                )
+        refuse_foreign_state(state_dict, self._name)
         super().load_state_dict(state_dict)
         for g in self.param_groups:  # hyperparameters added since the state dict was written
             for k, v in self.defaults.items():
@@ -269,7 +254,7 @@ class BucketedOptimizer(Optimizer):
     def _active(self) -> list[tuple[int, Tensor]]:
         """``(group index, parameter)`` of every parameter this rank steps now."""
         dist = self._book["distribution"]
-        owns = dist.owns if dist else None
+        owns = dist.owns if dist is not None else None
         return [
             (gi, p)
             for gi, g in enumerate(self.param_groups)
@@ -351,18 +336,30 @@ class BucketedOptimizer(Optimizer):
     def comm_bytes_per_step(self) -> int:
         """Bytes this rank sent and received in the last distributed step (0 if none)."""
         dist = self._book["distribution"]
-        return dist.comm_bytes_per_step if dist else 0
+        return dist.comm_bytes_per_step if dist is not None else 0
 
     # ---- helpers for subclasses ---------------------------------------------------------
-    def _get_distribution(self) -> Any:
+    def _get_distribution(self) -> Distribution | None:
         if self.param_groups[0]["distributed"] == "off":
             return None
         book = self._book
-        if book["distribution"] is None:
-            from .distributed import Distribution
+        if not book["distribution_known"]:
+            book["distribution"] = create(self)
+            book["distribution_known"] = True
+        return book["distribution"]
 
-            book["distribution"] = Distribution.create(self)  # False: one process, none needed
-        return book["distribution"] or None
+    def param_cost(self, p: Tensor, group: dict[str, Any]) -> tuple[float, float]:
+        """``(FLOPs per step, state bytes)`` of ``p``, on which :mod:`soap.distributed`
+        balances owners: 10 FLOPs per entry of elementwise work plus :meth:`_extra_flops`;
+        4 bytes per fp32 state entry."""
+        layout = self._layout(p, group)
+        state = sum(4 * torch.Size(shape).numel() for shape in self._state_spec(layout).values())
+        flops = self._extra_flops(layout, group) + 10 * torch.Size(layout.shape).numel()
+        return float(flops), float(state)
+
+    def _extra_flops(self, layout: Layout, group: dict[str, Any]) -> float:
+        """Per-step FLOPs beyond elementwise work (preconditioners, orthogonalisation)."""
+        return 0.0
 
     def _param_name(self, p: Tensor) -> str:
         for gi, group in enumerate(self.param_groups):

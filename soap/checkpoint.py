@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .distributed import is_dtensor
+
 GROUPS = "param_groups"
 
 
@@ -161,11 +163,7 @@ def dcp_template(
             continue
         if isinstance(md, TensorStorageMetadata):
             p = by_name[pname]
-            if (
-                type(p).__name__ == "DTensor"
-                and pname not in whole
-                and tuple(md.size) == tuple(p.shape)
-            ):
+            if is_dtensor(p) and pname not in whole and tuple(md.size) == tuple(p.shape):
                 template[entry] = torch.zeros_like(p, dtype=md.properties.dtype)
             else:
                 template[entry] = torch.empty(tuple(md.size), dtype=md.properties.dtype)

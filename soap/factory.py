@@ -75,7 +75,7 @@ def build_optimizer(
     """
     make = resolve_optimizer_class(optimizer) if isinstance(optimizer, str) else optimizer
     cls = _target(make)
-    if cls is MuonAdamW:
+    if isinstance(cls, type) and issubclass(cls, MuonAdamW):  # it groups its parameters itself
         return make(params, decay_embeddings=decay_embeddings, **hparams)
     groups = param_groups(params, decay_embeddings=decay_embeddings, rules=rules)
     if cls is torch.optim.AdamW and not ({"fused", "foreach"} & _given(make, hparams)):

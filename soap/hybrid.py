@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .adamw import AdamW
 from .grouping import ParamInfo, classify, param_groups
-from .muon import AdamW, Muon
+from .muon import Muon
 
 __all__ = ["ChainedOptimizer", "MuonAdamW"]
 
@@ -124,59 +125,67 @@ class ChainedOptimizer(Optimizer):
         self._share_momentum()
 
 
-def MuonAdamW(
-    params: Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]] | nn.Module,
-    lr: float = 0.02,
-    weight_decay: float = 0.01,
-    momentum: float = 0.95,
-    adamw_lr: float = 3e-3,
-    adamw_betas: tuple[float, float] = (0.95, 0.95),
-    adamw_eps: float = 1e-8,
-    ns_steps: int = 5,
-    adjust_lr_fn: str | None = "match_rms_adamw",
-    decay_embeddings: bool = False,
-    distributed: str = "auto",
-) -> ChainedOptimizer:
+LR = 3e-3  # MuonAdamW's one LR scale: with match_rms_adamw, Muon's step has AdamW's RMS
+
+
+class MuonAdamW(ChainedOptimizer):
     """:class:`soap.Muon` (``torch.optim.Muon``'s maths, batched) on hidden 2-D matrices and
-    AdamW (``torch.optim.AdamW``'s maths, :class:`soap.muon.AdamW`) on everything else; both
+    AdamW (``torch.optim.AdamW``'s maths, :class:`soap.adamw.AdamW`) on everything else; both
     parts are distributed across ranks like SOAP (``distributed``).
 
     Accepts a module (parameters classified by module type, :mod:`soap.grouping`), named
     parameters, or the groups of :func:`soap.param_groups` (with ``param_names``).
-    ``adjust_lr_fn="match_rms_adamw"`` scales Muon's update to AdamW's RMS so one LR scale fits
-    both (Moonshot's recipe); ``adamw_lr`` follows the scheduler proportionally because both
-    groups are scaled by the same LR multiplier.
+    ``adjust_lr_fn="match_rms_adamw"`` scales Muon's update to AdamW's RMS (Moonshot's recipe,
+    ``0.2 max(m, n)^{1/2}``), so one LR scale fits both: ``lr`` and ``adamw_lr`` default to
+    the same :data:`LR`. ``adamw_lr`` follows the scheduler proportionally because both groups
+    are scaled by the same LR multiplier. (:class:`soap.Muon` alone keeps
+    ``torch.optim.Muon``'s defaults, ``lr=1e-3`` without the adjustment.)
     """
-    infos = _infos(params)
-    muon_p = [i.param for i in infos if i.muon]
-    adam_groups = [
-        {**g, "lr": adamw_lr}
-        for g in param_groups(
-            [(i.name, i.param) for i in infos if not i.muon], decay_embeddings=decay_embeddings
-        )
-    ]
-    opts: list[Optimizer] = []
-    if muon_p:
-        opts.append(
-            Muon(
-                muon_p,
-                lr=lr,
-                weight_decay=weight_decay,
-                momentum=momentum,
-                ns_steps=ns_steps,
-                adjust_lr_fn=adjust_lr_fn,
-                distributed=distributed,
+
+    def __init__(
+        self,
+        params: Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]] | nn.Module,
+        lr: float = LR,
+        weight_decay: float = 0.01,
+        momentum: float = 0.95,
+        adamw_lr: float = LR,
+        adamw_betas: tuple[float, float] = (0.95, 0.95),
+        adamw_eps: float = 1e-8,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = "match_rms_adamw",
+        decay_embeddings: bool = False,
+        distributed: str = "auto",
+    ) -> None:
+        infos = _infos(params)
+        muon_p = [i.param for i in infos if i.muon]
+        adam_groups = [
+            {**g, "lr": adamw_lr}
+            for g in param_groups(
+                [(i.name, i.param) for i in infos if not i.muon], decay_embeddings=decay_embeddings
             )
-        )
-    if adam_groups:
-        opts.append(
-            AdamW(
-                adam_groups,
-                lr=adamw_lr,
-                betas=adamw_betas,
-                eps=adamw_eps,
-                weight_decay=weight_decay,
-                distributed=distributed,
+        ]
+        opts: list[Optimizer] = []
+        if muon_p:
+            opts.append(
+                Muon(
+                    muon_p,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    momentum=momentum,
+                    ns_steps=ns_steps,
+                    adjust_lr_fn=adjust_lr_fn,
+                    distributed=distributed,
+                )
             )
-        )
-    return ChainedOptimizer(opts)
+        if adam_groups:
+            opts.append(
+                AdamW(
+                    adam_groups,
+                    lr=adamw_lr,
+                    betas=adamw_betas,
+                    eps=adamw_eps,
+                    weight_decay=weight_decay,
+                    distributed=distributed,
+                )
+            )
+        super().__init__(opts)

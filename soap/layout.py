@@ -136,6 +136,12 @@ def plan_shape(
     return ShapePlan(original=original, permute=permute, shape=tuple(work))
 
 
+def unchanged_plan(shape: Sequence[int]) -> ShapePlan:
+    """The working layout of an optimizer without preconditioners (Muon, AdamW): the
+    parameter's own shape."""
+    return plan_shape(shape, merge_dims=False, max_precond_dim=1, data_format="channels_first")
+
+
 def to_working(t: Tensor, plan: ShapePlan) -> Tensor:
     """Parameter-shaped tensor -> working shape (no batch dimension)."""
     if plan.permute is not None:

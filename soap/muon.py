@@ -27,8 +27,8 @@ from torch import Tensor
 
 from . import functional as F
 from ._base import Bucket, BucketedOptimizer
-from ._validate import _check, check_positive_int
-from .layout import Layout
+from ._validate import _check, check_lr, check_modes, check_positive_int
+from .layout import Layout, ShapePlan, unchanged_plan
 
 __all__ = ["Muon"]
 
@@ -96,17 +96,11 @@ class Muon(BucketedOptimizer):
             foreach=foreach,
             nonfinite_grad=nonfinite_grad,
             distributed=distributed,
-            # The shared machinery's shape options (a matrix stays a matrix).
-            merge_dims=False,
-            max_precond_dim=1,
-            data_format="channels_first",
         )
         super().__init__(params, defaults)
 
     def _validate(self, group: dict[str, Any]) -> None:
-        from ._validate import DISTRIBUTED_MODES, NONFINITE_MODES
-
-        _check(float(group["lr"]) >= 0, f"Muon: invalid learning rate lr={group['lr']!r}")
+        check_lr(group, "Muon")
         _check(group["momentum"] >= 0, f"Muon: invalid momentum={group['momentum']!r}")
         _check(group["weight_decay"] >= 0, f"Muon: invalid weight_decay={group['weight_decay']!r}")
         _check(
@@ -115,20 +109,22 @@ class Muon(BucketedOptimizer):
         )
         _check(len(group["ns_coefficients"]) == 3, "Muon: ns_coefficients must be 3 numbers")
         check_positive_int(group, "ns_steps", "Muon")
-        _check(
-            group["nonfinite_grad"] in NONFINITE_MODES,
-            f"Muon: nonfinite_grad must be one of {NONFINITE_MODES}",
-        )
-        _check(
-            group["distributed"] in DISTRIBUTED_MODES,
-            f"Muon: distributed must be one of {DISTRIBUTED_MODES}",
-        )
+        check_modes(group, "Muon")
         for p in group["params"]:
             _check(p.ndim == 2, f"Muon only supports 2-D parameters, got shape {tuple(p.shape)}")
 
+    def _plan(self, p: Tensor, group: dict[str, Any]) -> ShapePlan:
+        return unchanged_plan(p.shape)
+
     def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:
-        plan = self._plan(p, group)
-        return Layout(plan, (False, False))
+        return Layout(self._plan(p, group), (False, False))
+
+    def _extra_flops(self, layout: Layout, group: dict[str, Any]) -> float:
+        """Newton-Schulz on an ``m x n`` matrix, ``a = min(m, n)``, ``b = max(m, n)``: per
+        iteration ``X X^T`` (``2a^2 b``), the quadratic in it (``2a^3``) and its product with
+        ``X`` (``2a^2 b``)."""
+        a, b = sorted(layout.shape)
+        return float(group["ns_steps"] * (4 * a * a * b + 2 * a**3))
 
     def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:
         return {"momentum_buffer": layout.shape}
@@ -153,79 +149,6 @@ class Muon(BucketedOptimizer):
             bucket.layout.plan,
             ortho.float(),
             adjusted_lr(lr, group["adjust_lr_fn"], bucket.layout.shape),
-            lr * group["weight_decay"],
-            decay_first=True,
-            keep=keep,
-        )
-
-
-class AdamW(BucketedOptimizer):
-    """``torch.optim.AdamW``'s maths (decoupled decay before the step, ``eps`` outside the
-    square root, bias-corrected) on the shared machinery, so that :func:`soap.MuonAdamW`'s
-    non-matrix parameters are distributed like its matrices."""
-
-    _name = "AdamW"
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        *,
-        foreach: bool = True,
-        nonfinite_grad: str = "skip",
-        distributed: str = "auto",
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            foreach=foreach,
-            nonfinite_grad=nonfinite_grad,
-            distributed=distributed,
-            precondition_frequency=1,
-            merge_dims=False,
-            max_precond_dim=1,
-            data_format="channels_first",
-        )
-        super().__init__(params, defaults)
-
-    def _validate(self, group: dict[str, Any]) -> None:
-        from ._validate import validate_common
-
-        validate_common(group, "AdamW")
-        _check(group["eps"] > 0, f"AdamW: invalid eps={group['eps']!r} (must be > 0)")
-
-    def _layout(self, p: Tensor, group: dict[str, Any]) -> Layout:
-        plan = self._plan(p, group)
-        return Layout(plan, tuple(False for _ in plan.shape))
-
-    def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:
-        return {"exp_avg": layout.shape, "exp_avg_sq": layout.shape}
-
-    def _step_bucket(
-        self,
-        group: dict[str, Any],
-        bucket: Bucket,
-        grad: Tensor,
-        keep: Tensor | None,
-        targets: list[Tensor],
-    ) -> None:
-        beta1, beta2 = group["betas"]
-        step = self._advance(bucket.params)
-        buf = bucket.buffers
-        F.adam_moments_(buf["exp_avg"], buf["exp_avg_sq"], grad, beta1, beta2, keep)
-        bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
-        denom = (buf["exp_avg_sq"].sqrt() / bc2**0.5).add_(group["eps"])
-        lr = group["lr"]
-        F.apply_update_(
-            targets,
-            bucket.layout.plan,
-            buf["exp_avg"] / denom,
-            lr / bc1,
             lr * group["weight_decay"],
             decay_first=True,
             keep=keep,

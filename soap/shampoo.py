@@ -172,6 +172,11 @@ class Shampoo(BucketedOptimizer):
                 return Layout(block, (True, plan.shape[1] <= mpd), blocks=m // size, full=plan)
         return Layout(plan, tuple(d <= mpd for d in plan.shape))
 
+    def _extra_flops(self, layout: Layout, group: dict[str, Any]) -> float:
+        """Rotations and factor updates every step, a refresh every ``precondition_frequency``
+        steps (:meth:`soap.layout.Layout.matmul_flops`, :meth:`~soap.layout.Layout.refresh_flops`)."""
+        return layout.matmul_flops() + layout.refresh_flops() / group["precondition_frequency"]
+
     def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:
         spec: dict[str, tuple[int, ...]] = {"exp_avg": layout.shape, "graft_sq": layout.shape}
         for i, d in enumerate(layout.shape):

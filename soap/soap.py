@@ -206,6 +206,11 @@ class SOAP(BucketedOptimizer):
                 has = tuple(i == smallest for i in range(len(shape)))
         return Layout(plan, has, group["factorized"] and len(shape) == 2)
 
+    def _extra_flops(self, layout: Layout, group: dict[str, Any]) -> float:
+        """Rotations and factor updates every step, a refresh every ``precondition_frequency``
+        steps (:meth:`soap.layout.Layout.matmul_flops`, :meth:`~soap.layout.Layout.refresh_flops`)."""
+        return layout.matmul_flops() + layout.refresh_flops() / group["precondition_frequency"]
+
     def _state_spec(self, layout: Layout) -> dict[str, tuple[int, ...]]:
         spec: dict[str, tuple[int, ...]] = {"exp_avg": layout.shape}
         if layout.factored_second_moment:

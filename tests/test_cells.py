@@ -56,6 +56,19 @@ def test_commands_run_in_slots_at_most_jobs_at_once():
     assert {c for _, _, c in seen} == {"3"}
 
 
+def test_a_multi_process_run_shares_its_slots_cores(monkeypatch):
+    """A torchrun command of N processes in a slot: each rank gets the slot's threads / N
+    (on CPU, N ranks with the slot's threads each would oversubscribe the cores)."""
+    monkeypatch.setattr(cells.os, "cpu_count", lambda: 16)
+    cmd = ["torchrun", "--nproc_per_node", "2", "-m", "scripts.train"]
+    assert cells.procs_per_run(cmd) == 2
+    assert cells.procs_per_run(["torchrun", "--nproc-per-node=4", "x"]) == 4
+    assert cells.procs_per_run(["python", "-m", "scripts.train"]) == 1
+    got = []
+    cells.run_commands([cmd, cmd[3:]], 2, call=lambda c, env: got.append(env) or 0)
+    assert sorted(e["OMP_NUM_THREADS"] for e in got) == ["4", "8"]  # 16 cores / 2 slots / ranks
+
+
 def test_a_study_with_two_runs_at_once(tmp_path, cache_dir, monkeypatch):
     """``scripts.reproduce --study`` with ``--jobs 2``: one-process runs train inside two
     workers, every run records that it shared the machine, and the study report says so."""

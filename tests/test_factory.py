@@ -14,7 +14,7 @@ from soap import (
     param_groups,
     resolve_optimizer_class,
 )
-from soap.muon import AdamW
+from soap.adamw import AdamW
 
 
 def _tiny_model():

@@ -3,7 +3,7 @@
 import torch
 
 from soap import Muon
-from soap.muon import AdamW
+from soap.adamw import AdamW
 
 
 def _side_by_side(make_ours, make_ref, shapes, steps):

@@ -176,10 +176,10 @@ def _perturbed_model_build(monkeypatch) -> None:
     computation on perturbed inputs, to measure a training problem's sensitivity."""
     import torch
 
-    import models
+    from scripts.trainer import setup
     from tests.numerics import perturb
 
-    build = models.build_model
+    build = setup.build_model
 
     def perturbed(*args, **kwargs):
         lm = build(*args, **kwargs)
@@ -189,7 +189,7 @@ def _perturbed_model_build(monkeypatch) -> None:
                 p.copy_(perturb(p, gen))
         return lm
 
-    monkeypatch.setattr(models, "build_model", perturbed)
+    monkeypatch.setattr(setup, "build_model", perturbed)
 
 
 def _curve_tolerance(a: list[dict], b: list[dict]) -> float:
@@ -204,6 +204,7 @@ def _curve_tolerance(a: list[dict], b: list[dict]) -> float:
         for k in ("loss", "eval_loss")
         if k in x
     )
+    assert sens > 0, "the twin run equals the base run: the perturbation did not reach the model"
     tol = max(DDP_REL, CURVE_FACTOR * sens)
     fell = (a[0]["loss"] - a[-1]["eval_loss"]) / a[0]["loss"]
     assert tol < CURVE_TEETH * fell, f"tolerance {tol:.1e} vs a relative fall of {fell:.1e}"

@@ -43,14 +43,28 @@ def threads_per_run(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def slot_env(jobs: int, slot: int, gpus_per_run: int = 0) -> dict[str, str]:
-    """The environment of a run in ``slot`` of ``jobs``: its threads, the concurrency it ran
-    under, and - when it uses GPUs - its own devices."""
-    env = {"OMP_NUM_THREADS": str(threads_per_run(jobs)), CONCURRENT_ENV: str(jobs)}
+def slot_env(jobs: int, slot: int, gpus_per_run: int = 0, procs: int = 1) -> dict[str, str]:
+    """The environment of a run in ``slot`` of ``jobs``: its threads (the slot's cores shared
+    by the run's ``procs`` processes), the concurrency it ran under, and - when it uses GPUs -
+    its own devices."""
+    threads = max(1, threads_per_run(jobs) // max(1, procs))
+    env = {"OMP_NUM_THREADS": str(threads), CONCURRENT_ENV: str(jobs)}
     if jobs > 1 and gpus_per_run > 0:
         first = slot * gpus_per_run
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(first, first + gpus_per_run)))
     return env
+
+
+def procs_per_run(cmd: list[str]) -> int:
+    """Processes a command starts on this node: torchrun's ``--nproc_per_node`` (either
+    spelling, ``=`` or not), else 1."""
+    for i, a in enumerate(cmd):
+        for flag in ("--nproc_per_node", "--nproc-per-node"):
+            if a == flag and i + 1 < len(cmd) and cmd[i + 1].isdigit():
+                return int(cmd[i + 1])
+            if a.startswith(flag + "=") and a.split("=", 1)[1].isdigit():
+                return int(a.split("=", 1)[1])
+    return 1
 
 
 _STOP: Any = None  # in a worker: the pool's stop event (set by InProcess.interrupt)
@@ -76,12 +90,18 @@ def _worker_init(jobs: int, pids: Any, stop: Any) -> None:
     # An idle worker ignores Ctrl-C (the parent decides); a trainer installs its own handler
     # for the length of a run (checkpoint, exit 130).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # and dies with the parent (Linux PR_SET_PDEATHSIG): a killed driver leaves no run going
+    die_with_parent()  # a killed driver leaves no run going
+    pids.put(os.getpid())
+
+
+def die_with_parent() -> None:
+    """This process gets SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``; elsewhere
+    nothing): pool workers, and the tuner's training subprocesses (a killed tune worker leaves
+    no training behind to write into the directory its retried trial will use)."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    pids.put(os.getpid())
 
 
 class InProcess:
@@ -186,7 +206,7 @@ def run_commands(
     def one(cmd: list[str]) -> int:
         s = slots.get()
         try:
-            return call(cmd, {**os.environ, **slot_env(jobs, s, gpus_per_run)})
+            return call(cmd, {**os.environ, **slot_env(jobs, s, gpus_per_run, procs_per_run(cmd))})
         finally:
             slots.put(s)
 

@@ -59,7 +59,7 @@ def run_cell(
     out: Path, optimizer: str, lr: float, fraction: float, seed: int, plan: dict, extra: list[str]
 ) -> float | None:
     """One training run, in this process (saves ~10 s of start-up per run; peak memory is
-    still per run, see ``scripts.trainer.loop.reset_peak_memory``). A failing run is reported
+    still per run, see ``scripts.trainer.memory.reset_peak_memory``). A failing run is reported
     as crashed and the demo goes on; Ctrl-C stops the whole demo."""
     from scripts.record import RunRecord
     from scripts.trainer import EXIT_INTERRUPTED

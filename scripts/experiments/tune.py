@@ -23,7 +23,6 @@ other machines (or in Slurm array tasks) with the same ``tune.storage`` joins th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts import coordinate as cd
+from scripts.experiments.cells import die_with_parent
 from scripts.experiments.tune_storage import storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,16 +92,6 @@ def synthetic(config: dict[str, float], seed: int, seconds: float) -> dict[str, 
     return {"loss": loss, "status": "completed", "seconds": seconds}
 
 
-def _die_with_parent() -> None:
-    """A trial's training process ends with its worker (Linux ``PR_SET_PDEATHSIG``): a killed
-    worker leaves no training behind to write into the directory its retry will use."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
 def train(config: dict[str, float], seed: int, opt: str, rest: list[str], run_dir: Path) -> dict:
     """One training run (a subprocess, so a crash is a result); its final eval loss."""
     from scripts.record import RunRecord
@@ -109,7 +99,7 @@ def train(config: dict[str, float], seed: int, opt: str, rest: list[str], run_di
     cmd = [sys.executable, "-m", "scripts.train", f"optimizer={opt}", *rest]
     cmd += [*cd.overrides(config), f"seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, preexec_fn=_die_with_parent)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent)
     rec = RunRecord.read(run_dir)
     status = rec.status if rec is not None else "crashed"
     if r.returncode and status == "completed":

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from scripts.measures import INF, best_lr, crossing
 from scripts.report.fit import Fit, fit_power_law
-from scripts.report.load import Run
+from scripts.report.load import RunDir
 
 
 @dataclass
@@ -118,14 +118,14 @@ class Comparison:
     baseline: str
     rows: list[Row]
     sweep: dict[str, dict[float, float]]  # optimizer -> lr -> mean final loss (full length)
-    runs: list[Run]
+    runs: list[RunDir]
     notes: list[str] = field(default_factory=list)
     target_given: bool = False  # --target, rather than the baseline's own final loss
 
     def row(self, optimizer: str) -> Row | None:
         return next((r for r in self.rows if r.optimizer == optimizer), None)
 
-    def best_runs(self, optimizer: str) -> list[Run]:
+    def best_runs(self, optimizer: str) -> list[RunDir]:
         r = self.row(optimizer)
         if r is None or r.best_lr is None:
             return []
@@ -144,7 +144,7 @@ class Analysis:
     comparisons: list[Comparison]
 
 
-def main_frequency(r: Run, runs: list[Run]) -> bool:
+def main_frequency(r: RunDir, runs: list[RunDir]) -> bool:
     """Frequency-ablation runs (a non-default frequency) stay out of the headline."""
     freqs = [
         x.precondition_frequency
@@ -156,11 +156,11 @@ def main_frequency(r: Run, runs: list[Run]) -> bool:
     return r.precondition_frequency == max(set(freqs), key=freqs.count)
 
 
-def _final(r: Run) -> float | None:
+def _final(r: RunDir) -> float | None:
     return r.final_eval_loss if r.completed else None
 
 
-def _like_with_like(full: list[Run]) -> list[Run]:
+def _like_with_like(full: list[RunDir]) -> list[RunDir]:
     """The full-length runs the best LR is chosen from: only the seeds that every swept LR
     has (the sweep's seed), when there are any. Extra seeds run at the winner alone would
     otherwise put a mean over several seeds against single runs of the other LRs, and the
@@ -174,7 +174,7 @@ def _like_with_like(full: list[Run]) -> list[Run]:
 
 
 def compare(
-    name: str, runs: list[Run], target: float | None, baseline: str = "adamw"
+    name: str, runs: list[RunDir], target: float | None, baseline: str = "adamw"
 ) -> Comparison:
     optimizers = sorted({r.optimizer for r in runs})
     sweep, best = {}, {}
@@ -325,9 +325,9 @@ def _savings(rows: list[Row], baseline: str, own_target: bool) -> None:
                 r.cost[f"state_ratio_vs_{ref}"] = sm / sb
 
 
-def analyse(runs: list[Run], target: float | None, baseline: str = "adamw") -> Analysis:
+def analyse(runs: list[RunDir], target: float | None, baseline: str = "adamw") -> Analysis:
     """One :class:`Comparison` per (model, regime) present, always the same shape."""
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[RunDir]] = {}
     for r in runs:
         groups.setdefault(f"{r.model}/{r.regime}", []).append(r)
     return Analysis([compare(k, v, target, baseline) for k, v in sorted(groups.items())])

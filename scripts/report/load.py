@@ -1,4 +1,4 @@
-"""Run directories -> :class:`scripts.record.RunRecord` objects (one shape for every run)."""
+"""RunDir directories -> :class:`scripts.record.RunRecord` objects (one shape for every run)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from scripts.record import EvalPoint, RunRecord, variant_name
 
 
 @dataclass
-class Run:
-    """A run directory and its record; crashed runs (no summary) get a record built from
-    their config, with ``status="crashed"``."""
+class RunDir:
+    """A run directory as the report reads it: its record, env.json and time; crashed runs
+    (no summary) get a record built from their config, with ``status="crashed"``. (The
+    trainer's live run is :class:`scripts.trainer.run.Run`.)"""
 
     run_dir: Path
     record: RunRecord
@@ -53,7 +54,7 @@ def _eval_from_metrics(d: Path) -> list[EvalPoint]:
     return out
 
 
-def load_runs(runs_dir: str | Path) -> list[Run]:
+def load_runs(runs_dir: str | Path) -> list[RunDir]:
     """Every run directory below ``runs_dir`` (one with a config.yaml or summary.json)."""
     import yaml
 
@@ -78,5 +79,5 @@ def load_runs(runs_dir: str | Path) -> list[Run]:
         env_path = d / "env.json"
         env = json.loads(env_path.read_text()) if env_path.exists() else {}
         mtime = (env_path if env_path.exists() else d).stat().st_mtime
-        runs.append(Run(d, rec, env, mtime))
+        runs.append(RunDir(d, rec, env, mtime))
     return runs

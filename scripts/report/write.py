@@ -11,7 +11,7 @@ from typing import Any
 
 from scripts.report import plots, tables, tuning
 from scripts.report.analysis import Analysis, analyse
-from scripts.report.load import Run, load_runs
+from scripts.report.load import RunDir, load_runs
 from scripts.report.page import write_dashboard
 
 
@@ -24,7 +24,7 @@ class Report:
     verdicts: dict[str, list[str]]
 
 
-def provenance(runs: list[Run]) -> str:
+def provenance(runs: list[RunDir]) -> str:
     """Hardware, date, git SHA and library versions, read from the runs' env.json."""
     infos = [(r.mtime, r.env) for r in runs if r.env]
     if not infos:

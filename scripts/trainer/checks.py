@@ -5,8 +5,10 @@ are Hydra's job (:mod:`scripts.config`); these are the checks a schema cannot ex
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
+
+from models.presets import PRESETS
+from scripts.config import unknown_keys
 
 EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -22,9 +24,6 @@ def _need(ok: bool, key: str, value: Any, what: str) -> None:
 
 def validate(cfg: Any) -> None:
     """The value checks (``ConfigError``), in the order a user would fix them."""
-    from models.presets import PRESETS
-    from scripts.config import unknown_keys
-
     unknown = unknown_keys(cfg)
     if unknown:
         raise ConfigError(
@@ -117,19 +116,6 @@ def total_steps(cfg: Any, non_embedding_params: int) -> tuple[int, int]:
     else:
         full = max(1, round(cfg.train.tokens_per_param * non_embedding_params / tokens_per_step))
     return full, max(1, round(full * cfg.train.fraction))
-
-
-def lr_lambda(total: int, warmup_fraction: float, final_fraction: float) -> Callable[[int], float]:
-    """Linear warmup then cosine decay to ``final_fraction`` of the peak, over ``total`` steps."""
-    warmup = max(1, round(warmup_fraction * total)) if warmup_fraction > 0 else 0
-
-    def f(step: int) -> float:  # step = number of optimizer steps already taken
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
 
 
 def compile_enabled(cfg: Any, device_type: str) -> bool:

@@ -12,6 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from scripts.trainer.checks import ConfigError
+
 CONFIG = "config.yaml"
 # Keys (or key prefixes) that do not change what is trained or measured: where and how it
 # runs (micro-batches keep the global batch; FSDP, compilation and the eval batch change
@@ -68,8 +72,6 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def recorded(run_dir: Path) -> dict[str, Any] | None:
     """The configuration a run directory records, or None."""
-    import yaml
-
     path = Path(run_dir) / CONFIG
     if not path.exists():
         return None
@@ -79,8 +81,6 @@ def recorded(run_dir: Path) -> dict[str, Any] | None:
 def check(run_dir: Path, cfg: dict[str, Any], resume: str) -> list[str]:
     """The differing keys (empty when the run directory is new or holds this configuration);
     raises ``ConfigError`` when they differ and ``resume`` is not ``force``."""
-    from scripts.trainer.checks import ConfigError
-
     old = recorded(run_dir)
     if old is None:
         return []

@@ -3,11 +3,16 @@ the terminal (a bar on a TTY; plain lines when stdout is a file, Slurm, CI or ``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from omegaconf import OmegaConf
+
+from scripts.trainer.run import Run
 
 
 class Sink(Protocol):
@@ -48,8 +53,6 @@ def _truncate(path: Path, step: int) -> None:
 
 class Wandb:
     def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any]) -> None:
-        import hashlib
-
         import wandb
 
         # A stable id (not hash(), which changes per process) continues the same wandb run.
@@ -126,3 +129,18 @@ class Logs:
     def close(self, summary: dict[str, Any] | None) -> None:
         for s in self.sinks:
             s.close(summary)
+
+
+def open_logs(run: Run, resume_step: int | None) -> Logs:
+    """The run's sinks: ``metrics.jsonl`` (truncated to ``resume_step`` on resume), wandb
+    unless disabled, the progress bar; on rank 0 only."""
+    if not run.is_main:
+        return Logs([], run.cfg.train.log_every)
+    cfg = run.cfg
+    sinks: list[Sink] = [MetricsFile(run.run_dir / "metrics.jsonl", resume_step)]
+    if cfg.wandb.mode != "disabled":
+        sinks.append(Wandb(cfg, run.run_dir, OmegaConf.to_container(cfg, resolve=True)))
+    if cfg.train.progress:
+        desc = f"{cfg.optimizer_name} lr={cfg.optimizer.lr:g}"
+        sinks.append(Progress(desc, run.steps, run.step, run.tokens_per_step))
+    return Logs(sinks, cfg.train.log_every)

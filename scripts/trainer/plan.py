@@ -5,14 +5,14 @@ runs of thousands of steps)."""
 
 from __future__ import annotations
 
-from typing import Any
+from scripts.trainer.run import Run
 
 EPOCHS_WARN = 4.0  # passes over the training data beyond which a run measures memorisation
 CPU_HOURS_WARN = 1.0
 ESTIMATE_AFTER = 3  # timed steps before the estimate
 
 
-def plan_line(run: Any) -> list[str]:
+def plan_line(run: Run) -> list[str]:
     """The plan, and warnings, as lines to print."""
     tokens = run.steps * run.tokens_per_step
     per_param = tokens / max(1, run.params["non_embedding"])
@@ -32,7 +32,7 @@ def plan_line(run: Any) -> list[str]:
     return lines
 
 
-def estimate_line(run: Any) -> list[str]:
+def estimate_line(run: Run) -> list[str]:
     """After ``ESTIMATE_AFTER`` timed steps: the estimated training time of the whole run."""
     c = run.clock
     if c.steps_timed != ESTIMATE_AFTER or not c.train_seconds:

@@ -4,55 +4,30 @@ users call), the schedule, the clock and the target tracker."""
 
 from __future__ import annotations
 
+import os
 import random
-from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
+from data.pipeline import build_data
+from models import build_model, count_parameters
+from models.loss import CausalLMWithLoss
+from models.presets import get_preset
 from scripts.clock import TargetTracker, TrainClock
-from scripts.trainer.checks import (
-    ConfigError,
-    compile_enabled,
-    grad_accum_steps,
-    lr_lambda,
-    total_steps,
-)
+from scripts.trainer.checks import ConfigError, compile_enabled, grad_accum_steps, total_steps
+from scripts.trainer.run import Run
+from scripts.trainer.schedule import scheduler
 from scripts.trainer.shard import shard_model
-
-
-@dataclass
-class Run:
-    cfg: Any
-    run_dir: Path
-    accelerator: Any
-    model: Any  # as prepared by Accelerate (DDP / FSDP2 wrapped)
-    raw_model: Any  # models.loss.CausalLMWithLoss
-    optimizer: Any
-    scheduler: Any
-    loader: Any
-    val: list[torch.Tensor]
-    data_info: dict[str, Any]  # root, manifest (without per-shard lists), vocab_size
-    full_steps: int
-    steps: int
-    accum: int
-    params: dict[str, int]
-    clock: TrainClock
-    tracker: TargetTracker
-    step: int = 0
-    bad_steps: int = 0
-    eval_history: list[dict[str, float]] = field(default_factory=list)
-    config_changes: list[str] = field(default_factory=list)  # resume=force, see identity.py
-
-    @property
-    def is_main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.cfg.regime.global_batch * self.cfg.regime.seq_len
+from soap import build_optimizer
 
 
 def seed_all(seed: int) -> None:
@@ -93,10 +68,6 @@ def init_process_group(timeout: Any) -> None:
     that torchrun restarted after a lost rank could read the dead rank's address from the
     previous attempt and fail with "connection refused" (seen with torch 2.13, gloo, under
     both the static and the c10d rendezvous). Accelerate then uses this group."""
-    import os
-
-    import torch.distributed as dist
-
     if "RANK" not in os.environ or not dist.is_available() or dist.is_initialized():
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -118,16 +89,10 @@ def init_process_group(timeout: Any) -> None:
     )
 
 
-def accelerator(cfg: Any) -> Any:
-    from accelerate import Accelerator
-
+def accelerator(cfg: DictConfig) -> Accelerator:
     mp = cfg.train.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
-    from datetime import timedelta
-
-    from accelerate.utils import InitProcessGroupKwargs
-
     # Every collective waits at most this long; nothing slow (data preparation) happens inside
     # one, so clusters may keep the timeout short and learn of a dead rank early.
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
@@ -139,16 +104,7 @@ def accelerator(cfg: Any) -> Any:
     )
 
 
-def setup(cfg: Any) -> Run:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from data.pipeline import build_data
-    from models import build_model, count_parameters
-    from models.loss import CausalLMWithLoss
-    from models.presets import get_preset
-    from soap import build_optimizer
-
+def setup(cfg: DictConfig) -> Run:
     acc = accelerator(cfg)
     replicas, shards = topology(cfg.train, acc.num_processes)
     accum = grad_accum_steps(cfg.regime.global_batch, cfg.regime.micro_batch, acc.num_processes)
@@ -191,9 +147,7 @@ def setup(cfg: Any) -> Run:
     # The optimizer is built after prepare(model), on the parameters the device now holds.
     unwrapped = acc.unwrap_model(model)
     opt = build_optimizer(unwrapped, instantiate(cfg.optimizer))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(steps, cfg.schedule.warmup_fraction, cfg.schedule.final_lr_fraction)
-    )
+    sched = scheduler(opt, steps, cfg.schedule.warmup_fraction, cfg.schedule.final_lr_fraction)
     return Run(
         cfg=cfg,
         run_dir=Path(cfg.run_dir),

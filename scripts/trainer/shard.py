@@ -19,13 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 
 
 def shard_model(model: torch.nn.Module, replicas: int, shards: int, device: torch.device) -> Any:
     """``model`` sharded in place over a ``replicas x shards`` mesh; returns the mesh."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     if replicas > 1:
         mesh = init_device_mesh(
             device.type, (replicas, shards), mesh_dim_names=("dp_replicate", "dp_shard")

@@ -27,16 +27,17 @@ import contextlib
 import io
 import os
 import pickle
-import random
 import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+from scripts.trainer.run import Run
 from soap.checkpoint import dcp_state, dcp_template, load_dcp_state
 
 DIR, LATEST = "checkpoints", "latest"
@@ -44,50 +45,6 @@ DIR, LATEST = "checkpoints", "latest"
 
 class CheckpointError(RuntimeError):
     """An unreadable checkpoint, with a one-line message naming the fix."""
-
-
-def rng_state() -> dict[str, Any]:
-    s = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s: dict[str, Any]) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _trainer_state(run: Any) -> dict[str, Any]:
-    return {
-        "step": run.step,
-        "scheduler": run.scheduler.state_dict(),
-        "loader": run.loader.state_dict() if not run.loader.per_rank_state else None,
-        "clock": run.clock.state_dict(),
-        "tracker": run.tracker.state_dict(),
-        "eval_history": run.eval_history,
-        "bad_steps": run.bad_steps,
-        "rng": rng_state(),
-    }
-
-
-def _load_trainer_state(run: Any, s: dict[str, Any]) -> None:
-    run.scheduler.load_state_dict(s["scheduler"])
-    if s["loader"] is not None:
-        run.loader.load_state_dict(s["loader"])
-    run.clock.load_state_dict(s["clock"])
-    run.tracker.load_state_dict(s["tracker"])
-    run.eval_history = list(s["eval_history"])
-    run.bad_steps = s["bad_steps"]
-    run.step = s["step"]
-    set_rng_state(s["rng"])
 
 
 @contextlib.contextmanager
@@ -127,11 +84,8 @@ def latest(run_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def save(run: Any) -> Path:
+def save(run: Run) -> Path:
     """Write this step's checkpoint (every rank takes part)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
     acc, root = run.accelerator, run.run_dir / DIR
     final = root / f"step-{run.step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -141,7 +95,7 @@ def save(run: Any) -> Path:
     states: dict[str, Any] = {
         "model": get_model_state_dict(run.model),
         "optimizer": dcp_state(run.optimizer, run.raw_model),
-        "trainer": _blob(_trainer_state(run)),
+        "trainer": _blob(run.state_dict()),
     }
     if run.loader.per_rank_state:
         states[f"loader.rank{acc.process_index}"] = _blob(run.loader.state_dict())
@@ -163,13 +117,9 @@ def save(run: Any) -> Path:
     return final
 
 
-def restore(run: Any, path: Path) -> None:
+def restore(run: Run, path: Path) -> None:
     """Load ``path`` into the run (every rank takes part); any number of ranks may have
     written it (the model and the optimizer state reshard)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
     try:
         reader = dcp.FileSystemReader(str(path))
         metadata = reader.read_metadata()
@@ -201,12 +151,12 @@ def restore(run: Any, path: Path) -> None:
         ) from None
     set_model_state_dict(run.model, states["model"])
     load_dcp_state(run.optimizer, run.raw_model, states["optimizer"])
-    _load_trainer_state(run, _unblob(states["trainer"]))
+    run.load_state_dict(_unblob(states["trainer"]))
     if per_rank:
         run.loader.load_state_dict(_unblob(states[rank_key]))
 
 
-def restore_latest(run: Any) -> Path:
+def restore_latest(run: Run) -> Path:
     """Restore the newest checkpoint that reads; each unreadable one is named in one line
     and the one before it is tried. Raises ``CheckpointError`` when none reads."""
     found = [p for p in [latest(run.run_dir)] if p is not None]

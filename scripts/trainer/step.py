@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from scripts.trainer.setup import Run
+from scripts.trainer.run import Run
 from scripts.trainer.shard import set_gradient_sync
 
 
