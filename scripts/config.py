@@ -9,16 +9,19 @@ everywhere else: :func:`compose`). Defaults live here (or in those two classes),
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from data.config import DataConfig
 from models import ModelConfig
-from soap.hybrid import LR as MUON_LR
+from soap import SOAP, MuonAdamW, Shampoo
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -76,6 +79,15 @@ class WandbConfig:
 
 
 # ---- optimizers: constructor calls (`_target_` + `_partial_`), one schema each ------------
+def own(fn: Callable[..., Any], name: str) -> Any:
+    """A schema field whose default is ``fn``'s own default for ``name``: one home per default
+    (the optimizer's signature); the schema only types it and makes it overridable."""
+    d = inspect.signature(fn).parameters[name].default
+    if isinstance(d, (tuple, list)):
+        return field(default_factory=lambda: list(d))
+    return field(default=d)
+
+
 @dataclass
 class _Call:
     _target_: str = MISSING
@@ -83,64 +95,69 @@ class _Call:
     _convert_: str = "all"
 
 
+# The harness's own choices, where it departs from an optimizer's default (the rest is `own`):
+HARNESS_LR = 3.0e-3  # the centre of every LR sweep's grid
+PAPER_BETAS = [0.95, 0.95]  # the SOAP paper's betas, for its AdamW baseline too
+
+
 @dataclass
 class AdamWConfig(_Call):
     _target_: str = "torch.optim.AdamW"
-    lr: float = 3.0e-3
-    betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
-    eps: float = 1.0e-8
-    weight_decay: float = 0.01
+    lr: float = HARNESS_LR
+    betas: list[float] = field(default_factory=lambda: list(PAPER_BETAS))
+    eps: float = own(torch.optim.AdamW, "eps")
+    weight_decay: float = own(torch.optim.AdamW, "weight_decay")
 
 
 @dataclass
 class SOAPConfig(_Call):
     _target_: str = "soap.SOAP"
-    lr: float = 3.0e-3
-    betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
-    shampoo_beta: float = -1.0
-    eps: float = 1.0e-8
-    weight_decay: float = 0.01
-    precondition_frequency: int = 10
-    max_precond_dim: int = 10000
-    merge_dims: bool = False
-    precondition_1d: bool = False
-    normalize_grads: bool = False
-    correct_bias: bool = True
-    one_sided: bool = False
-    factorized: bool = False
-    nonfinite_grad: str = "skip"
-    distributed: str = "auto"
+    lr: float = own(SOAP, "lr")
+    betas: list[float] = own(SOAP, "betas")
+    shampoo_beta: float = own(SOAP, "shampoo_beta")
+    eps: float = own(SOAP, "eps")
+    weight_decay: float = own(SOAP, "weight_decay")
+    precondition_frequency: int = own(SOAP, "precondition_frequency")
+    max_precond_dim: int = own(SOAP, "max_precond_dim")
+    merge_dims: bool = own(SOAP, "merge_dims")
+    precondition_1d: bool = own(SOAP, "precondition_1d")
+    normalize_grads: bool = own(SOAP, "normalize_grads")
+    correct_bias: bool = own(SOAP, "correct_bias")
+    one_sided: bool = own(SOAP, "one_sided")
+    factorized: bool = own(SOAP, "factorized")
+    nonfinite_grad: str = own(SOAP, "nonfinite_grad")
+    distributed: str = own(SOAP, "distributed")
 
 
 @dataclass
 class ShampooConfig(_Call):
     _target_: str = "soap.Shampoo"
-    lr: float = 3.0e-3
-    betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
-    epsilon: float = 1.0e-12
-    weight_decay: float = 0.01
-    precondition_frequency: int = 10
-    start_preconditioning_step: int | None = None
-    root: float = 2.5
-    max_preconditioner_dim: int = 10000
-    blocking: bool = True
-    block_size: int = 1024
-    precondition_1d: bool = True
-    graft_eps: float = 1.0e-8
-    nonfinite_grad: str = "skip"
-    distributed: str = "auto"
+    lr: float = own(Shampoo, "lr")
+    betas: list[float] = own(Shampoo, "betas")
+    epsilon: float = own(Shampoo, "epsilon")
+    weight_decay: float = own(Shampoo, "weight_decay")
+    precondition_frequency: int = own(Shampoo, "precondition_frequency")
+    start_preconditioning_step: int | None = own(Shampoo, "start_preconditioning_step")
+    root: float = own(Shampoo, "root")
+    max_preconditioner_dim: int = own(Shampoo, "max_preconditioner_dim")
+    blocking: bool = own(Shampoo, "blocking")
+    block_size: int = own(Shampoo, "block_size")
+    precondition_1d: bool = own(Shampoo, "precondition_1d")
+    graft_eps: float = own(Shampoo, "graft_eps")
+    nonfinite_grad: str = own(Shampoo, "nonfinite_grad")
+    distributed: str = own(Shampoo, "distributed")
 
 
 @dataclass
 class MuonConfig(_Call):
     _target_: str = "soap.MuonAdamW"
-    lr: float = MUON_LR  # MuonAdamW's own default, one scale for both parts
-    adamw_lr: float = MUON_LR
-    adamw_betas: list[float] = field(default_factory=lambda: [0.95, 0.95])
-    weight_decay: float = 0.01
-    momentum: float = 0.95
-    adjust_lr_fn: str | None = "match_rms_adamw"
-    distributed: str = "auto"
+    lr: float = own(MuonAdamW, "lr")  # one scale for both parts (match_rms_adamw)
+    adamw_lr: float = own(MuonAdamW, "adamw_lr")
+    adamw_betas: list[float] = own(MuonAdamW, "adamw_betas")
+    weight_decay: float = own(MuonAdamW, "weight_decay")
+    momentum: float = own(MuonAdamW, "momentum")
+    adjust_lr_fn: str | None = own(MuonAdamW, "adjust_lr_fn")
+    distributed: str = own(MuonAdamW, "distributed")
 
 
 @dataclass

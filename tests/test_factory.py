@@ -10,6 +10,8 @@ from soap import (
     SOAP,
     ChainedOptimizer,
     Muon,
+    MuonAdamW,
+    Shampoo,
     build_optimizer,
     param_groups,
     resolve_optimizer_class,
@@ -149,3 +151,29 @@ def test_muon_splits_hidden_matrices():
     muon, adamw = opt.optimizers
     assert isinstance(muon, Muon) and len(muon.param_groups[0]["params"]) == 1
     assert isinstance(adamw, AdamW)
+
+
+def test_config_schemas_take_each_optimizers_own_defaults():
+    """One home per default: every schema field not listed as the harness's own choice equals
+    the optimizer's signature default (scripts/config.py ``own``), so the two cannot drift."""
+    import dataclasses
+    import inspect
+
+    from scripts import config as C
+
+    harness = {("AdamWConfig", "lr"): C.HARNESS_LR, ("AdamWConfig", "betas"): C.PAPER_BETAS}
+    schemas = {
+        C.AdamWConfig: torch.optim.AdamW,
+        C.SOAPConfig: SOAP,
+        C.ShampooConfig: Shampoo,
+        C.MuonConfig: MuonAdamW,
+    }
+    for schema, fn in schemas.items():
+        sig = inspect.signature(fn).parameters
+        for f in dataclasses.fields(schema):
+            if f.name.startswith("_"):
+                continue
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            own = harness.get((schema.__name__, f.name), sig[f.name].default)
+            assert value == (list(own) if isinstance(own, tuple) else own), (schema, f.name)
+    assert inspect.signature(MuonAdamW).parameters["lr"].default == C.HARNESS_LR  # one scale
