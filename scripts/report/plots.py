@@ -20,6 +20,11 @@ def color(optimizer: str) -> str:
     return COLORS.get(optimizer.split("-")[0], "#7f7f7f")
 
 
+# (matplotlib, plotly) names of the same line dash and marker
+LINES = [("-", "solid"), ("--", "dash"), (":", "dot"), ("-.", "dashdot")]
+MARKERS = [("o", "circle"), ("s", "square"), ("^", "triangle-up"), ("D", "diamond")]
+
+
 @dataclass
 class Series:
     name: str
@@ -29,6 +34,7 @@ class Series:
     mode: str = "lines+markers"  # lines+markers | markers | lines
     group: str = ""  # legend group: one click toggles an optimizer's every series
     faint: bool = False
+    style: int = 0  # line dash and marker (LINES, MARKERS): tells apart one colour's series
     show_legend: bool = True
     band: tuple[list[float], list[float]] | None = None  # (low, high) per x: a seed interval
 
@@ -161,11 +167,12 @@ def to_png(fig: Figure, path: Path) -> Path:
 
     f, ax = plt.subplots(figsize=(6.4, 4.2))
     for s in fig.series:
-        style = {"lines+markers": "-o", "markers": "o", "lines": "-"}[s.mode]
+        k = s.style % len(LINES)
         ax.plot(
             s.x,
             s.y,
-            style,
+            linestyle="none" if s.mode == "markers" else LINES[k][0],
+            marker=None if s.mode == "lines" else MARKERS[k][0],
             ms=3,
             color=s.color,
             alpha=0.45 if s.faint else 1.0,
@@ -217,8 +224,8 @@ def to_plotly_div(fig: Figure, div_id: str) -> str:
                 y=s.y,
                 name=s.name,
                 mode=s.mode,
-                line={"color": s.color},
-                marker={"size": 6},
+                line={"color": s.color, "dash": LINES[s.style % len(LINES)][1]},
+                marker={"size": 6, "symbol": MARKERS[s.style % len(MARKERS)][1]},
                 opacity=0.45 if s.faint else 1.0,
                 legendgroup=s.group or s.name,
                 showlegend=s.show_legend,

@@ -165,7 +165,7 @@ def figures(rs: list[StudyRow], baseline: str) -> list[Figure]:
                 )
                 name = f"{opt}, {_other(other, o)}"
                 f.series.append(Series(name, xs, [100 * r.iter_saving for r in pts], color(opt),
-                                       group=opt, faint=i > 0, band=band))  # fmt: skip
+                                       group=opt, style=i, band=band))  # fmt: skip
         figs.append(f)
     for key, attr, what in (("profile_iterations", "iterations", "iterations"),
                             ("profile_wallclock", "seconds", "wall-clock")):  # fmt: skip
