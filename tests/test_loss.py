@@ -43,3 +43,38 @@ def test_model_with_loss_equals_logits_path_and_trains():
     with torch.no_grad():  # evaluation: no gradient work
         ce_eval, _ = model(ids)
     assert ce_eval.item() == pytest.approx(ce_ref.item(), rel=1e-5)
+
+
+def test_evaluation_skips_the_gradient_work_and_gives_the_same_loss(monkeypatch):
+    """Under no_grad an autograd Function still sees needs_input_grad; lm_loss must not form
+    the softmax gradient there (it was 2/3 of every evaluation's loss work)."""
+    import models.loss as L
+
+    seen = []
+    real = L._fused
+
+    def spy(*args, need_grad):
+        seen.append(need_grad)
+        return real(*args, need_grad=need_grad)
+
+    monkeypatch.setattr(L, "_fused", spy)
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 9, 16, generator=gen).requires_grad_()
+    w = torch.randn(50, 16, generator=gen).requires_grad_()
+    ids = torch.randint(0, 50, (2, 9), generator=gen)
+    ce_train, total_train = lm_loss(h, w, ids, 1e-4, 5)
+    with torch.no_grad():
+        ce_eval, total_eval = lm_loss(h, w, ids, 1e-4, 5)
+    ce_frozen, _ = lm_loss(h.detach(), w.detach(), ids, 1e-4, 5)
+    assert seen == [True, False, False]
+    assert torch.equal(ce_eval, ce_train.detach()) and torch.equal(ce_frozen, ce_eval)
+    assert torch.equal(total_eval, total_train.detach())
+
+
+def test_default_chunk_is_cache_sized_on_cpu_and_large_on_accelerators():
+    from models.loss import chunk_tokens
+
+    assert chunk_tokens(4096, None, "cpu") == 256  # 1M fp32 logits, ~4 MB
+    assert chunk_tokens(32100, None, "cpu") == 64  # never thinner than 64 tokens
+    assert chunk_tokens(4096, None, "cuda") == 8192  # 32M logits, ~128 MB
+    assert chunk_tokens(4096, 100, "cpu") == chunk_tokens(4096, 100, "cuda") == 100
