@@ -74,7 +74,8 @@ def test_evaluation_skips_the_gradient_work_and_gives_the_same_loss(monkeypatch)
 def test_default_chunk_is_cache_sized_on_cpu_and_large_on_accelerators():
     from models.loss import chunk_tokens
 
-    assert chunk_tokens(4096, None, "cpu") == 256  # 1M fp32 logits, ~4 MB
-    assert chunk_tokens(32100, None, "cpu") == 64  # never thinner than 64 tokens
+    assert chunk_tokens(4096, None, "cpu") == 256  # at most 256 tokens
+    assert chunk_tokens(32100, None, "cpu") == 130  # ~16 MB of fp32 logits
+    assert chunk_tokens(300_000, None, "cpu") == 64  # never thinner than 64 tokens
     assert chunk_tokens(4096, None, "cuda") == 8192  # 32M logits, ~128 MB
     assert chunk_tokens(4096, 100, "cpu") == chunk_tokens(4096, 100, "cuda") == 100
