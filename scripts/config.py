@@ -51,9 +51,7 @@ class TrainConfig:
     clock_skip_steps: int = 2  # first steps (compile / warm-up) timed as warm-up
     grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
     z_loss: float = 1.0e-4  # OLMo z-loss coefficient (paper setup); 0 disables
-    loss_chunk_tokens: int | None = (
-        None  # tokens per loss chunk; None: ~128 MB logits (CPU: 64-256 tokens)
-    )
+    loss_chunk_tokens: int | None = None  # None: ~128 MB of logits (CPU: 64-256 tokens)
     max_bad_steps: int = 0  # non-finite losses/gradients tolerated (skipped) before stopping
     compile: str = "auto"  # auto: compile the decoder layers on CUDA; true | false
     fsdp: bool = False  # FSDP2 parameter sharding over every rank (DDP otherwise)
