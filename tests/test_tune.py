@@ -226,3 +226,34 @@ def test_unreachable_storage_and_unknown_key(tmp_path):
     )
     r = _tune([f"tune.out={tmp_path}", "tune.budgett=3"])
     assert r.returncode == 2 and "budgett" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+_OPEN_AT = """
+import sys, time
+from scripts.experiments.tune_storage import storage
+import optuna  # imported before the common start, so the opens meet
+while time.time() < float(sys.argv[2]):
+    pass
+storage(None, sys.argv[1], 1)
+"""
+
+
+def test_workers_starting_together_all_open_a_new_database(tmp_path):
+    """Optuna creates a new database's tables check-then-create, so workers started together
+    raced and the slower one stopped ("table ... already exists"; seen in CI with two). Six
+    opens in the same instant lost that race on most tries before the retry."""
+    for rep in range(2):
+        start = time.time() + 5
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AT, str(tmp_path / str(rep)), str(start)],
+                cwd=REPO,
+                env=_env(),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-1000:]
