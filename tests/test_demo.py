@@ -1,5 +1,6 @@
 """The main job end to end (shortened) and the Makefile targets."""
 
+import json
 import shutil
 import subprocess
 
@@ -23,6 +24,13 @@ def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
         runs = {p.name for p in (out / opt).iterdir()}
         assert any(r.endswith("frac1_seed1") for r in runs), runs
         assert any("frac0.5_seed0" in r for r in runs), runs
+        # A fraction run is evaluated at its end only (its final loss is all the fit reads);
+        # full-length runs keep their curves (the crossings read them).
+        evals = {
+            r: len(json.loads((out / opt / r / "summary.json").read_text())["eval_history"])
+            for r in runs
+        }
+        assert all((n == 1) == ("frac0.5" in r) for r, n in evals.items()), evals
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")

@@ -141,7 +141,7 @@ def test_full_tuning_phase_feeds_the_comparison(tmp_path, cache_dir):
         assert f"weight_decay: {best['weight_decay']}" in cfg, cfg
         frac = out / opt / f"lr{best['lr']:g}_frac0.5_seed0"
         assert f"weight_decay: {best['weight_decay']}" in (frac / "config.yaml").read_text()
-        assert (frac / "summary.json").exists()
+        assert len(json.loads((frac / "summary.json").read_text())["eval_history"]) == 1
     md = (out / "report" / "report.md").read_text()
     assert "| soap |" in md
     # The tuning in the same report (scripts/report/tuning.py), its trials not counted as runs.

@@ -3,7 +3,8 @@
 The regime (``configs/experiment/demo.yaml``), chosen before looking at which optimizer wins:
 the tiny model; 48 x 128 = 6,144 tokens per step (large relative to the model, as the paper's
 large batch); one pass over the embedded corpus's training split (68 steps); precondition
-frequency 10; cosine schedule with 10% warmup; evaluation every 4 steps on a fixed set.
+frequency 10; cosine schedule with 10% warmup; evaluation every 4 steps on a fixed set
+(a schedule-fraction run: at its end only, :func:`scripts.experiments.plan.cell_overrides`).
 
 The protocol, the paper's in miniature: every optimizer sweeps the same half-decade LR grid at
 full length (extended by one value when the best sits on its edge); its best LR is then run
@@ -28,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 from scripts.experiments.cells import InProcess, threads_per_run, train
+from scripts.experiments.plan import cell_overrides
 from scripts.measures import best_lr, edge_extension
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,12 +69,8 @@ def run_cell(
     run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}_seed{seed}"
     overrides = [
         "experiment=demo",
-        f"optimizer={optimizer}",
-        f"optimizer.lr={lr}",
-        f"train.fraction={fraction}",
-        f"seed={seed}",
-        f"run_dir={run_dir}",
         *plan["overrides"],
+        *cell_overrides(optimizer, lr, fraction, seed, run_dir),
         *extra,
     ]
     if STOP.requested:  # a Ctrl-C that landed between runs (see main)

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from scripts.experiments.launch import head_node, launch, sbatch_script
-from scripts.experiments.plan import budget, plan, plan_line, preset_cfg
+from scripts.experiments.plan import budget, cell_overrides, plan, plan_line, preset_cfg
 from scripts.measures import best_lr, edge_extension
 from scripts.record import RunRecord
 
@@ -68,13 +68,9 @@ def train_cmd(
         *launcher,
         "scripts.train",
         f"experiment={preset}",
-        f"optimizer={optimizer}",
-        f"optimizer.lr={lr}",
-        f"train.fraction={fraction}",
-        f"seed={seed}",
-        f"run_dir={run_dir}",
         "train.progress=false",
         *extra,
+        *cell_overrides(optimizer, lr, fraction, seed, run_dir),  # last: the protocol's own
     ]
 
 
