@@ -34,7 +34,7 @@ def cell_overrides(
     """The overrides of one run of the protocol (the demo's and ``scripts.reproduce``'s).
 
     A schedule-fraction run (``fraction < 1``, its own full cosine schedule) is evaluated at
-    its end only: the power-law fit ``L(N) = a + b N^-beta`` (paper, Section 5) and the
+    its end only: the paper's power-law fit ``L(N) = a + b N^-beta`` over run lengths and the
     effective-data fit read its final eval loss alone, so its evaluations along the way were
     points nothing read (~15% of such a run's time in the CPU demo). The final loss is the
     same either way: evaluation draws no random numbers and changes no state."""
