@@ -119,6 +119,27 @@ def total_steps(cfg: Any, non_embedding_params: int) -> tuple[int, int]:
 
 
 def compile_enabled(cfg: Any, device_type: str) -> bool:
-    """``train.compile``: auto compiles the decoder layers on CUDA (compile time is warm-up)."""
+    """``train.compile``: auto compiles the decoder layers on CUDA (compile time is warm-up).
+    ``true`` on CPU needs a C++ compiler (Inductor's CPU backend writes C++): without one
+    the run stops here, in one line, instead of at its first forward."""
     value = str(cfg.train.compile).lower()
-    return value == "true" or (value == "auto" and device_type == "cuda")
+    on = value == "true" or (value == "auto" and device_type == "cuda")
+    if on and device_type == "cpu" and cpp_compiler() is None:
+        raise ConfigError(
+            "train.compile=true on CPU needs a C++ compiler for torch.compile and none was "
+            "found (CXX, else g++): install one (e.g. apt-get install g++) or pass "
+            "train.compile=false"
+        )
+    return on
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use, or None when there is none."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let torch.compile itself decide
+        return "unknown"
+    try:
+        return get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - Inductor's InvalidCxxCompiler and its kin
+        return None
