@@ -1,4 +1,4 @@
-"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~16 min on 2 cores).
+"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~13 min on 2 cores).
 
 The regime (``configs/experiment/demo.yaml``), chosen before looking at which optimizer wins:
 the tiny model; 48 x 128 = 6,144 tokens per step (large relative to the model, as the paper's
