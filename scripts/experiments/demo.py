@@ -185,15 +185,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def compile_overrides() -> list[str]:
     """``train.compile=true`` when torch.compile can build CPU kernels here. Compiled decoder
-    layers made a demo step ~30% faster on a 2-core VM (SOAP, 68 steps: train 25-27 s
-    against 35-39 s eager, 2026-12-03). The compile (~15 s) is paid once per process, in the
-    first run's warm-up steps (outside the clock): the demo's runs share their process and,
-    being the same model, the same compiled code. Round-off differs from eager, so curves
+    layers made the demo's forward+backward ~20% faster on a 2-core VM (README, "CPU runs at
+    once, measured"). The compile is paid once per process, in the first run's warm-up steps
+    (outside the clock): the demo's runs share their process and, being the same model, the
+    same compiled code. Round-off differs from eager, so curves
     move by the runs' own chaos (README: read the savings to about +-5 points)."""
     from scripts.trainer.checks import cpp_compiler
 
     if cpp_compiler() is None:
-        print("demo: no C++ compiler found (CXX, else g++): runs stay eager (~30% slower)")
+        print("demo: no C++ compiler found (CXX, else g++): runs stay eager (slower)")
         return []
     return ["train.compile=true"]
 
