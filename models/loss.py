@@ -51,7 +51,7 @@ def chunk_tokens(vocab_size: int, chunk: int | None, device: str = "cuda") -> in
 
 def _chunk_loss(h: Tensor, w: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One chunk's CE per token, lse, ``exp(logits - max)`` (written over the fp32 logits) and
-    its row sums ``s`` (so ``softmax = exp / s``); ``w`` is in ``h``'s dtype. One exp serves
+    its row sums ``s`` (so ``softmax = exp / s``); ``h`` and ``w`` in the products' dtype. One exp serves
     the loss and its gradient: five passes over the chunk's logits instead of eight."""
     logits = (h @ w.mT).float()
     target = logits.gather(-1, y[:, None]).squeeze(-1)
@@ -68,16 +68,20 @@ def _fused(
     """``(CE, CE + z-loss, dL/dh, dL/dw)``, ``chunk`` tokens at a time; the gradients are
     ``None`` unless ``need_grad`` (evaluation skips two of the three products)."""
     n = h.shape[0]
-    # The products run in the hidden states' dtype (bf16 under autocast, as the output
-    # projection would), the softmax and the accumulations in fp32.
-    with torch.autocast(device_type=h.device.type, enabled=False):
-        wc = w.to(h.dtype)
+    # The products run in autocast's dtype when autocast is on (bf16, as the output
+    # projection's nn.Linear would: the decoder's hidden states are fp32, from its fp32
+    # residual stream and final norm), else in the hidden states' dtype; the softmax and the
+    # accumulations in fp32. Autocast itself is off inside, so nothing is cast twice.
+    dev = h.device.type
+    cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    with torch.autocast(device_type=dev, enabled=False):
+        wc = w.to(cdt)
         ce_sum = h.new_zeros((), dtype=torch.float32)
         z_sum = h.new_zeros((), dtype=torch.float32)
         dh = torch.empty_like(h) if need_grad else None
         dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_grad else None
         for s in range(0, n, chunk):
-            hc, yc = h[s : s + chunk], y[s : s + chunk]
+            hc, yc = h[s : s + chunk].to(cdt), y[s : s + chunk]
             ce, lse, e, rows = _chunk_loss(hc, wc, yc)
             ce_sum += ce.sum()
             if z_loss:
@@ -87,8 +91,8 @@ def _fused(
             # dL/dZ = ((1 + 2 z lse) softmax - onehot(y)) / n, softmax = e / rows
             grad = e.mul_((1.0 + 2.0 * z_loss * lse[:, None]) / (rows * n))
             grad.scatter_add_(-1, yc[:, None], grad.new_full((hc.shape[0], 1), -1.0 / n))
-            grad = grad.to(h.dtype)
-            dh[s : s + chunk] = grad @ wc
+            grad = grad.to(cdt)
+            dh[s : s + chunk] = grad @ wc  # cast to h's dtype on the copy
             dw += grad.mT @ hc
     ce = ce_sum / n
     return ce, ce + z_loss * z_sum / n, dh, None if dw is None else dw.to(w.dtype)

@@ -210,25 +210,28 @@ def unknown_keys(cfg: Any) -> list[str]:
 
     out: list[str] = []
 
-    def walk(node: Any, schema: Any, path: str) -> None:
-        for k in node:
+    def walk(node: dict, schema: Any, path: str) -> None:
+        for k, v in node.items():
             key = f"{path}{k}"
             if k not in schema.keys():  # noqa: SIM118 (`in` is False for MISSING values)
                 out.append(key)
             elif (
-                isinstance(node.get(k), DictConfig)
+                isinstance(v, dict)
                 and not OmegaConf.is_missing(schema, k)
                 and isinstance(schema.get(k), DictConfig)
                 and OmegaConf.get_type(schema, k) not in (dict, None)
             ):
-                walk(node[k], schema[k], f"{key}.")
+                walk(v, schema[k], f"{key}.")
 
+    # Keys only, never values: an interpolation (run_dir=runs/${optimizer.lr}, ${hydra:...},
+    # ${oc.env:...}) is left unresolved, so it cannot fail here whatever it points at.
+    raw = OmegaConf.to_container(cfg, resolve=False)
     root = OmegaConf.structured(RunConfig)
-    walk(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("optimizer", "hydra")]), root, "")
-    target = cfg.get("optimizer", {}).get("_target_") if "optimizer" in cfg else None
+    walk({k: v for k, v in raw.items() if k not in ("optimizer", "hydra")}, root, "")
+    target = raw.get("optimizer", {}).get("_target_") if "optimizer" in raw else None
     for schema in OPTIMIZER_SCHEMAS:
         if target == schema._target_:
-            walk(cfg.optimizer, OmegaConf.structured(schema), "optimizer.")
+            walk(raw["optimizer"], OmegaConf.structured(schema), "optimizer.")
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from data.config import DataError
+from scripts.cli import wants_help
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.trainer.checks import total_steps
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(args, __doc__):
+        return 0
     try:
         cfg = compose([*args, "run_dir=."])
     except Exception as e:

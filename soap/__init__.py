@@ -9,6 +9,7 @@ package imports torch alone.
 from .factory import build_optimizer, optimizer_state_bytes, resolve_optimizer_class
 from .grouping import classify, param_groups
 from .hybrid import ChainedOptimizer, MuonAdamW
+from .linalg import full_fp32
 from .muon import Muon
 from .nonfinite import NonFiniteGradientError
 from .shampoo import Shampoo
@@ -23,6 +24,7 @@ __all__ = [
     "NonFiniteGradientError",
     "build_optimizer",
     "classify",
+    "full_fp32",
     "optimizer_state_bytes",
     "param_groups",
     "resolve_optimizer_class",

@@ -74,6 +74,7 @@ class BucketedOptimizer(Optimizer):
             "skipped": None,  # device tensor: parameter updates skipped for non-finite grads
             "scratch": {},  # reusable temporaries on CPU (fresh allocations page-fault there)
             "cohorts": Cohorts(),  # which parameters are at the same step (soap.stepcount)
+            "checked": False,  # the caller saw this step's gradients finite (see below)
         }
         super().__init__(params, defaults)
 
@@ -81,6 +82,14 @@ class BucketedOptimizer(Optimizer):
     def skipped_updates(self) -> Tensor | None:
         """Parameter updates skipped for a non-finite gradient (a device tensor, or None)."""
         return self._book["skipped"]
+
+    def grads_checked_finite(self) -> None:
+        """The caller has seen this step's gradients finite on the host (say a finite
+        ``clip_grad_norm_`` it read anyway), so the next :meth:`step` skips its own non-finite
+        screen: on an accelerator that screen is a masked path on the device (no host
+        synchronisation), which a trainer that already synchronised on the norm need not
+        pay. Applies to one step; ``nonfinite_grad='raise'`` still checks."""
+        self._book["checked"] = True
 
     def _invalidate(self) -> None:
         self._book["version"] += 1
@@ -195,7 +204,8 @@ class BucketedOptimizer(Optimizer):
                     for p, g in zip(b.params, gs, strict=True)
                 ]
             )
-        host_ok = self._host_all_finite(grads)
+        host_ok = self._book["checked"] or self._host_all_finite(grads)
+        self._book["checked"] = False
         self._book["cohorts"].stepped()
         first = False
         for b, gs, ts in zip(buckets, grads, targets, strict=True):
@@ -386,7 +396,7 @@ class BucketedOptimizer(Optimizer):
         store = self._book["scratch"]
         buf = store.get(slot)
         if buf is None or buf.numel() < n:
-            buf = store[slot] = torch.empty(n, dtype=torch.float32)
+            buf = store[slot] = torch.empty(n, dtype=torch.float32, device="cpu")
         return buf[:n].view(shape)
 
     def _advance(self, params: list[Tensor]) -> int | Tensor:

@@ -166,7 +166,10 @@ def dcp_template(
             if is_dtensor(p) and pname not in whole and tuple(md.size) == tuple(p.shape):
                 template[entry] = torch.zeros_like(p, dtype=md.properties.dtype)
             else:
-                template[entry] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+                # On the CPU: loaded whole, then moved to the parameter's device by the optimizer.
+                template[entry] = torch.empty(
+                    tuple(md.size), dtype=md.properties.dtype, device="cpu"
+                )
         else:
             template[entry] = None
     return template

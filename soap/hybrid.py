@@ -98,6 +98,13 @@ class ChainedOptimizer(Optimizer):
         ]
         return sum(counts) if counts else None
 
+    def grads_checked_finite(self) -> None:
+        """:meth:`soap._base.BucketedOptimizer.grads_checked_finite`, for every child that
+        has it."""
+        for o in self.optimizers:
+            if hasattr(o, "grads_checked_finite"):
+                o.grads_checked_finite()
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
             o.zero_grad(set_to_none=set_to_none)

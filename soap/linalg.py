@@ -23,6 +23,7 @@ __all__ = [
     "refresh_basis",
     "inverse_root",
     "full_fp32",
+    "cuda_tf32_enabled",
     "all_finite",
     "select",
     "EighFailure",
@@ -47,18 +48,77 @@ def _eigh(m: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.eigh(m)
 
 
+def _new_precision_api() -> bool:
+    """torch >= 2.9 sets TF32 through ``fp32_precision``; reading the legacy ``allow_tf32``
+    after the new API was used raises ("mix of the legacy and new APIs"), so only the new one
+    is read where it exists."""
+    try:
+        torch.backends.cuda.matmul.fp32_precision  # noqa: B018
+    except AttributeError:
+        return False
+    return True
+
+
+def cuda_tf32_enabled() -> bool:
+    """Whether CUDA fp32 matmuls may run in TF32 now, through either API: the
+    ``cuda.matmul`` setting, or the global ``torch.backends.fp32_precision`` it inherits when
+    it is ``"none"``."""
+    if not _new_precision_api():
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    local = torch.backends.cuda.matmul.fp32_precision
+    if local == "none":
+        local = getattr(torch.backends, "fp32_precision", "none")
+    return local == "tf32"
+
+
+def _tf32_matters(device: torch.device) -> bool:
+    """TF32 exists for CUDA matmuls only (a module-level hook: CPU tests take the CUDA path)."""
+    return device.type == "cuda"
+
+
+TF32_UNDER_COMPILE = (
+    "soap: a compiled optimizer step ran with TF32 matmuls on (torch.backends.fp32_precision "
+    "or torch.backends.cuda.matmul.fp32_precision = 'tf32'), which corrupts the "
+    "preconditioners and which a compiled graph cannot switch off: call the compiled step "
+    "inside `with soap.full_fp32(device):`, or step the optimizer uncompiled"
+)
+
+
 @contextlib.contextmanager
-def full_fp32(device: torch.device) -> Iterator[None]:
-    """Disable TF32 for matmuls inside the block (CUDA only; a no-op on CPU)."""
-    if device.type != "cuda":
+def full_fp32(device: torch.device, count: Tensor | None = None) -> Iterator[None]:
+    """IEEE fp32 matmuls inside the block (CUDA only; a no-op on CPU), whatever the caller set
+    through either TF32 API (``torch.backends.fp32_precision = "tf32"``, as transformers'
+    ``enable_tf32`` and HF Trainer's ``tf32=True`` do, or the legacy ``allow_tf32``); the
+    caller's setting is restored on exit.
+
+    Under ``torch.compile`` a flag cannot be switched inside the graph (dynamo folds the read
+    and drops the write, and does not guard on it), so a compiled step checks instead, at run
+    time: ``count`` (the bucket's CPU step count, an input of the graph) feeds a custom
+    operator that raises :data:`TF32_UNDER_COMPILE` when TF32 is on, rather than let the
+    eigenbases run in TF32 silently.
+    """
+    if not _tf32_matters(device):
         yield
         return
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    if torch.compiler.is_compiling():
+        if count is not None:
+            torch.ops.soap_bench.require_fp32_matmuls(count)
+        yield
+        return
+    new = _new_precision_api()
+    matmul = torch.backends.cuda.matmul
+    old = matmul.fp32_precision if new else matmul.allow_tf32
+    if new:
+        matmul.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        if new:
+            matmul.fp32_precision = old
+        else:
+            matmul.allow_tf32 = old
 
 
 def _finite(t: Tensor) -> bool:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from .linalg import inverse_root, refresh_basis
+from .linalg import TF32_UNDER_COMPILE, cuda_tf32_enabled, inverse_root, refresh_basis
 
 
 def soap_refresh_(
@@ -135,4 +135,18 @@ def shampoo_roots(
 
 @shampoo_roots.register_fake
 def _(step, start, every, beta2, factors, roots, root, epsilon, keep) -> None:  # noqa: ANN001
+    return None
+
+
+@torch.library.custom_op("soap_bench::require_fp32_matmuls", mutates_args=("count",))
+def require_fp32_matmuls(count: Tensor) -> None:
+    """Raise when CUDA matmuls would run in TF32 (:func:`soap.linalg.full_fp32` under
+    compile). ``count`` is declared mutated only so the graph keeps this node: an operator
+    without outputs or mutations is dead code to it."""
+    if cuda_tf32_enabled():
+        raise RuntimeError(TF32_UNDER_COMPILE)
+
+
+@require_fp32_matmuls.register_fake
+def _(count) -> None:  # noqa: ANN001
     return None

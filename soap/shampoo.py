@@ -40,7 +40,7 @@ from torch import Tensor
 from . import functional as F
 from ._base import Bucket, BucketedOptimizer
 from ._validate import _check, check_bools, check_positive_int, validate_common
-from .layout import Layout, ShapePlan, factor_key, is_root_key, root_key
+from .layout import STEP, Layout, ShapePlan, factor_key, is_root_key, root_key
 from .linalg import full_fp32
 from .ops import shampoo_roots, shampoo_roots_
 
@@ -205,7 +205,7 @@ class Shampoo(BucketedOptimizer):
         roots = [buf.get(root_key(i)) for i in dims]
         step = self._advance(params)
 
-        with full_fp32(grad.device):
+        with full_fp32(grad.device, self.state[params[0]][STEP]):
             F.update_factors_(factors, grad, beta2, keep)
             F.adam_moments_(buf["exp_avg"], buf["graft_sq"], grad, beta1, beta2, keep)
             bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step

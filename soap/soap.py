@@ -49,7 +49,7 @@ from torch import Tensor
 from . import functional as F
 from ._base import Bucket, BucketedOptimizer
 from ._validate import _check, check_bools, check_positive_int, validate_common
-from .layout import Layout, basis_key, factor_key
+from .layout import STEP, Layout, basis_key, factor_key
 from .linalg import eigenbasis, full_fp32
 from .ops import moment_names, soap_refresh, soap_refresh_
 
@@ -247,7 +247,7 @@ class SOAP(BucketedOptimizer):
         factors = [buf.get(factor_key(i)) for i in dims]
         bases = [buf.get(basis_key(i)) for i in dims]
 
-        with full_fp32(grad.device):
+        with full_fp32(grad.device, self.state[params[0]][STEP]):
             if bucket.first:
                 # Step 1 only accumulates the factors and computes their eigenvectors.
                 F.update_factors_(factors, grad, shampoo_beta, keep)

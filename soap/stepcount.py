@@ -26,7 +26,7 @@ from torch import Tensor
 
 def new_count() -> Tensor:
     """A fresh count: a 0-dim fp32 CPU tensor, torch's format for ``state['step']``."""
-    return torch.zeros((), dtype=torch.float32)
+    return torch.zeros((), dtype=torch.float32, device="cpu")
 
 
 def as_count(value: object) -> Tensor:
@@ -34,7 +34,7 @@ def as_count(value: object) -> Tensor:
     an older soap-bench or by the reference SOAP)."""
     if isinstance(value, Tensor):
         return value.detach().to(device="cpu", dtype=torch.float32, copy=True).reshape(())
-    return torch.tensor(float(value), dtype=torch.float32)  # type: ignore[arg-type]
+    return torch.tensor(float(value), dtype=torch.float32, device="cpu")  # type: ignore[arg-type]
 
 
 def advance(counts: list[Tensor]) -> int | Tensor:

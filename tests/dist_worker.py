@@ -60,6 +60,49 @@ CASES = {
 STEPS, NAN_AT = 10, 6  # a NaN gradient (one parameter) at step 6: skipped by every rank
 
 
+# ---- NCCL's rules on gloo ------------------------------------------------------------------
+# NCCL takes only tensors on the process's GPU; gloo takes CPU tensors too, so a collective fed
+# a tensor built without ``device=`` passes every CPU test and crashes the first GPU job. Here
+# every step runs with the default device set to ``meta`` (a tensor built without a device
+# lands there, as it would land on the CPU beside CUDA parameters), and every collective
+# checks that its tensors are on the parameters' device.
+COLLECTIVES = ("all_reduce", "all_to_all_single", "all_gather_into_tensor", "all_gather_single",
+               "broadcast", "reduce_scatter_tensor", "all_gather", "reduce")  # fmt: skip
+EXPECTED: dict[str, torch.device] = {}
+
+
+def _strict(name: str, fn):
+    def wrapped(*args, **kwargs):
+        for t in [*args, *kwargs.values()]:
+            ts = t if isinstance(t, list | tuple) else [t]
+            for x in ts:
+                if isinstance(x, torch.Tensor) and "device" in EXPECTED:
+                    assert x.device == EXPECTED["device"], (
+                        f"NCCL rule: dist.{name} got a tensor on {x.device}, the parameters "
+                        f"are on {EXPECTED['device']} (a tensor built without device=)"
+                    )
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def enforce_nccl_rules() -> None:
+    for name in COLLECTIVES:
+        fn = getattr(dist, name, None)
+        if fn is not None and not getattr(fn, "_strict", False):
+            w = _strict(name, fn)
+            w._strict = True  # type: ignore[attr-defined]
+            setattr(dist, name, w)
+
+
+def strict_step(opt, params) -> None:
+    """``opt.step()`` under NCCL's rules: default device ``meta``, collectives checked."""
+    p = params[0]
+    EXPECTED["device"] = p.to_local().device if hasattr(p, "to_local") else p.device
+    with torch.device("meta"):
+        opt.step()
+
+
 def data(shapes, dtype, perturbed: bool = False):
     """The problem; ``perturbed``: its gradients perturbed by 1e-7 (relative), so that one
     process measures the problem's own sensitivity (tests/numerics.py)."""
@@ -117,7 +160,7 @@ def run_case(name: str, mode: str, dtype: torch.dtype, out: Path) -> None:
     opt = make(params)
     for gs in grads:
         set_grads(gs)
-        opt.step()
+        strict_step(opt, params)
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save(
         {
@@ -188,6 +231,7 @@ def main() -> None:
     modes = sys.argv[2].split(",")
     if "RANK" in __import__("os").environ:
         dist.init_process_group("gloo")
+    enforce_nccl_rules()
     torch.set_num_threads(1)
     if "mismatch" in modes:
         independent_models_are_refused(out)

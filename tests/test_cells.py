@@ -104,3 +104,59 @@ def test_bad_jobs_is_one_line(jobs, capsys):
     with pytest.raises(SystemExit) as e:
         reproduce.main(["demo", "--plan", "--jobs", str(jobs)])
     assert e.value.code == 2 and "--jobs must be >= 1" in capsys.readouterr().err
+
+
+# ---- issue 32 item 5: each worker its own GPUs, a pre-set list subdivided -----------------
+def _visible(_: int) -> tuple[str, int]:
+    time.sleep(1.0)  # both workers busy at once: each answers once
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"), os.getpid()
+
+
+def test_each_in_process_worker_sees_its_own_device(monkeypatch):
+    """``--jobs 2`` with one-process runs on a 2-GPU node: each worker one GPU. Failed before
+    the fix: the workers got no CUDA_VISIBLE_DEVICES, so every run used cuda:0."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with cells.InProcess(2, gpus_per_run=1) as pool:
+        got = [f.result() for f in [pool.submit(_visible, i) for i in range(2)]]
+    assert len({pid for _, pid in got}) == 2, got
+    assert sorted(d for d, _ in got) == ["0", "1"], got
+
+
+def test_slot_env_subdivides_a_preset_device_list(monkeypatch):
+    """Slurm gave this job GPUs 4-7 (or UUIDs): slots get parts of that list, not 0..n-1.
+    Failed before the fix: slot 1 got "1", a GPU outside the job's allocation."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert cells.slot_env(2, 0, 2)["CUDA_VISIBLE_DEVICES"] == "4,5"
+    assert cells.slot_env(2, 1, 2)["CUDA_VISIBLE_DEVICES"] == "6,7"
+    assert cells.slot_env(4, 3, 1)["CUDA_VISIBLE_DEVICES"] == "7"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb")
+    assert cells.slot_env(2, 1, 1)["CUDA_VISIBLE_DEVICES"] == "GPU-bb"
+    with pytest.raises(ValueError, match="lower --jobs"):
+        cells.slot_env(3, 0, 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert "CUDA_VISIBLE_DEVICES" not in cells.slot_env(2, 1, 1)  # no GPU here: nothing set
+
+
+def test_tuner_workers_get_their_own_devices(monkeypatch, tmp_path):
+    """``tune.workers=2`` on two GPUs: worker 0 (this process) and the helper each get one."""
+    import subprocess
+
+    from scripts.experiments import tune
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    launched = []
+
+    class FakePopen:
+        def __init__(self, cmd, cwd=None, env=None):
+            launched.append(env["CUDA_VISIBLE_DEVICES"])
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(tune, "work", lambda *a: None)
+    monkeypatch.setattr(tune, "summary", lambda *a: {"optimizers": {}})
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    argv = ["tune.objective=synthetic", "tune.workers=2", f"tune.out={tmp_path}"]
+    assert tune.main(argv) == 0
+    assert launched == ["3"] and os.environ["CUDA_VISIBLE_DEVICES"] == "2"

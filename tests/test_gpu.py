@@ -11,9 +11,18 @@ pytestmark = [
 ]
 
 
+@pytest.fixture
+def tf32_on():
+    """TF32 on through torch's new API (as HF Trainer's ``tf32=True``), restored after."""
+    old = torch.backends.fp32_precision
+    torch.backends.fp32_precision = "tf32"
+    yield
+    torch.backends.fp32_precision = old
+
+
 @pytest.mark.parametrize("cls", [SOAP, Shampoo])
-def test_cuda_matches_cpu(cls):
-    torch.backends.cuda.matmul.allow_tf32 = True  # the optimizer must switch TF32 off itself
+def test_cuda_matches_cpu(cls, tf32_on):
+    """The optimizer switches TF32 off itself around its matmuls."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(16, 16), (16, 16), (24,), (32, 32)]
     init = [torch.randn(*s, generator=gen) for s in shapes]
@@ -97,3 +106,23 @@ def test_compiled_step_as_a_global_on_cuda(cls):
     assert graphs[-1] == graphs[3], graphs
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_step_with_tf32_on_stops_in_one_line(tf32_on):
+    """A compiled step cannot switch TF32 off: it raises, and inside soap.full_fp32 it runs."""
+    import soap
+
+    p = torch.randn(32, 32, device="cuda", requires_grad=True)
+    opt = SOAP([p], precondition_frequency=2)
+    step = torch.compile(opt.step)
+    p.grad = torch.randn_like(p)
+    with pytest.raises(RuntimeError, match="full_fp32"):
+        for _ in range(3):
+            step()
+    torch._dynamo.reset()
+    opt = SOAP([p], precondition_frequency=2)
+    step = torch.compile(opt.step)
+    with soap.full_fp32(p.device):
+        for _ in range(3):
+            step()
+    assert torch.backends.fp32_precision == "tf32" and torch.isfinite(p).all()

@@ -32,16 +32,34 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-# Dense bf16 peak TFLOP/s (vendor data sheets, SXM parts, no sparsity).
-PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "GH200": 989.0}
+# Dense bf16 peak TFLOP/s (vendor data sheets, no sparsity), per (part, form factor). The
+# form factor is read from the device name: "PCIe" or "NVL" where the name says so, else SXM
+# (torch names an H100 SXM "NVIDIA H100 80GB HBM3", a PCIe card "NVIDIA H100 PCIe").
+PEAK_BF16 = {
+    ("H100", "SXM"): 989.0, ("H100", "PCIE"): 756.0, ("H100", "NVL"): 835.0,
+    ("H200", "SXM"): 989.0, ("H200", "NVL"): 835.0,
+    ("H800", "SXM"): 989.0, ("H800", "PCIE"): 756.0,
+    ("GH200", "SXM"): 989.0,
+    ("A100", "SXM"): 312.0, ("A100", "PCIE"): 312.0,
+}  # fmt: skip
+
+
+def peak_for_name(name: str) -> float | None:
+    """The dense bf16 peak of the GPU called ``name``, or None for a part or form factor not
+    in :data:`PEAK_BF16` (MFU is then not given rather than guessed)."""
+    words = name.upper().replace("-", " ").split()
+    form = "PCIE" if "PCIE" in words else "NVL" if "NVL" in words else "SXM"
+    if any(w.startswith("SXM") for w in words):
+        form = "SXM"
+    part = next((w for w in words if (w, "SXM") in PEAK_BF16 or (w, form) in PEAK_BF16), None)
+    return PEAK_BF16.get((part, form)) if part else None
 
 
 def peak_tflops(device: torch.device) -> tuple[str, float | None]:
     if device.type != "cuda":
         return "cpu", None
     name = torch.cuda.get_device_name(device)
-    key = next((k for k in sorted(PEAK_BF16, key=len, reverse=True) if k in name), None)
-    return name, PEAK_BF16.get(key) if key else None
+    return name, peak_for_name(name)
 
 
 def _sync(device: torch.device) -> None:
@@ -49,15 +67,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class CheckFailed(RuntimeError):
+    """A part of the check ran and failed (its report says how)."""
+
+
 def gpu_tests(smoke: bool) -> str:
+    """``pytest -m gpu``; any exit but 0 fails the check (failures, errors, and no test run:
+    on a GPU node every one of them should run)."""
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
-    tail = [x for x in r.stdout.strip().splitlines() if x.strip()][-1:] or ["(no output)"]
-    return f"pytest -m gpu: exit {r.returncode}: {tail[0]}"
+    return pytest_summary(r.returncode, r.stdout)
+
+
+def pytest_summary(code: int, stdout: str) -> str:
+    """The report line of a ``pytest`` run; raises :class:`CheckFailed` unless it passed."""
+    lines = [x for x in stdout.strip().splitlines() if x.strip()]
+    tail = lines[-1] if lines else "(no output)"
+    failed = [x for x in lines if x.startswith(("FAILED ", "ERROR "))]
+    text = "\n".join([f"pytest -m gpu: exit {code}: {tail}", *failed])
+    if code != 0:
+        raise CheckFailed(text)
+    return text
 
 
 def optimizer_steps(device: torch.device, smoke: bool) -> str:
@@ -65,7 +99,8 @@ def optimizer_steps(device: torch.device, smoke: bool) -> str:
 
     args = argparse.Namespace(
         freq=10, max_dim=10000, warmup=1 if smoke else 3, steps=2 if smoke else 20,
-        reference=None, no_peers=smoke, only=["soap", "shampoo"],
+        reference=None, no_peers=smoke,
+        only=["soap", "shampoo", "heavyball SOAP", "pytorch-optimizer SOAP"],
     )  # fmt: skip
     if smoke:
         bo.SHAPE_SETS.setdefault("smoke", dict(d=32, d_ff=64, layers=1, vocab=300))
@@ -160,13 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(
-            "error: no CUDA device here: run on a GPU node, or --device cpu --smoke",
-            file=sys.stderr,
-        )
+        print(no_cuda_reason(), file=sys.stderr)
         return 2
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
+    if device.type == "cuda":  # full fp32 for every optimizer's matmuls
+        torch.backends.cuda.matmul.allow_tf32 = False  # a write: safe with either TF32 API
     name, _ = peak_tflops(device)
     slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") or "cpu"
     out = Path(args.out or REPO / "results" / "bench" / f"gpu_check_{slug}.txt")
@@ -176,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" | SMOKE (tiny shapes: a check of the code, not a measurement)" if args.smoke else "")
     ]
     t0 = time.time()
+    status: list[tuple[str, str]] = []
     for title, fn in (
         ("tests", gpu_tests),
         ("optimizer step", optimizer_steps),
@@ -187,15 +220,36 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(
                 f"## {title}\n{fn(device, args.smoke) if fn is not gpu_tests else fn(args.smoke)}"
             )
+            status.append((title, "passed"))
         except Exception as e:  # report and go on: one broken part must not hide the others
-            parts.append(f"## {title}\nFAILED: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            first = str(e).splitlines()[0][:300] if str(e) else ""
+            rest = "\n".join(str(e).splitlines()[1:]) if isinstance(e, CheckFailed) else ""
+            parts.append(f"## {title}\nFAILED: {type(e).__name__}: {first}\n{rest}".rstrip())
+            status.append((title, "FAILED"))
+    parts.insert(1, "checks: " + ", ".join(f"{t} {s}" for t, s in status))
     parts.append(f"(gpu-check took {time.time() - t0:.0f} s)")
     text = "\n\n".join(parts) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
     print(f"written: {out}")
-    return 1 if "FAILED:" in text else 0
+    bad = [t for t, s in status if s != "passed"]
+    if bad:
+        print(f"gpu-check: FAILED: {', '.join(bad)} (see {out})", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def no_cuda_reason() -> str:
+    """One line: why there is no CUDA device, and the fix."""
+    if torch.version.cuda is None:
+        return (
+            f"error: torch {torch.__version__} is a CPU-only build: install a CUDA build "
+            "(rm -rf .venv && TORCH_SPEC=torch make install), or run --device cpu --smoke"
+        )
+    return (
+        f"error: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device "
+        "(driver, CUDA_VISIBLE_DEVICES?): run on a GPU node, or --device cpu --smoke"
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
@@ -43,15 +44,43 @@ def threads_per_run(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def visible_devices() -> list[str]:
+    """The GPUs this process may hand out: the entries of a pre-set ``CUDA_VISIBLE_DEVICES``
+    (Slurm's, a user's; indices or UUIDs, kept as given), else ``0..n-1`` of the devices
+    torch counts (none on a CPU machine)."""
+    pre = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if pre is not None:
+        return [d.strip() for d in pre.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def device_env(jobs: int, slot: int, gpus_per_run: int) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` of ``slot`` of ``jobs``: its own ``gpus_per_run`` of the
+    :func:`visible_devices`, a pre-set list subdivided rather than replaced; nothing when
+    there is one slot or no GPU."""
+    if jobs <= 1 or gpus_per_run <= 0:
+        return {}
+    devices = visible_devices()
+    if not devices:
+        return {}
+    if jobs * gpus_per_run > len(devices):
+        raise ValueError(
+            f"{jobs} concurrent runs x {gpus_per_run} GPU(s) each need {jobs * gpus_per_run} "
+            f"GPUs and {len(devices)} are visible ({','.join(devices)}): lower --jobs"
+        )
+    first = slot * gpus_per_run
+    return {"CUDA_VISIBLE_DEVICES": ",".join(devices[first : first + gpus_per_run])}
+
+
 def slot_env(jobs: int, slot: int, gpus_per_run: int = 0, procs: int = 1) -> dict[str, str]:
     """The environment of a run in ``slot`` of ``jobs``: its threads (the slot's cores shared
     by the run's ``procs`` processes), the concurrency it ran under, and - when it uses GPUs -
-    its own devices."""
+    its own devices (:func:`device_env`)."""
     threads = max(1, threads_per_run(jobs) // max(1, procs))
     env = {"OMP_NUM_THREADS": str(threads), CONCURRENT_ENV: str(jobs)}
-    if jobs > 1 and gpus_per_run > 0:
-        first = slot * gpus_per_run
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(first, first + gpus_per_run)))
+    env.update(device_env(jobs, slot, gpus_per_run))
     return env
 
 
@@ -67,6 +96,7 @@ def procs_per_run(cmd: list[str]) -> int:
     return 1
 
 
+NOT_STARTED = -1  # run_commands: a run not started after another could not start
 _STOP: Any = None  # in a worker: the pool's stop event (set by InProcess.interrupt)
 
 
@@ -78,14 +108,15 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def _worker_init(jobs: int, pids: Any, stop: Any) -> None:
-    """A pool worker: its share of the cores, the concurrency recorded with its runs, and its
-    pid for :meth:`InProcess.interrupt`."""
+def _worker_init(jobs: int, pids: Any, stop: Any, slots: Any, gpus_per_run: int) -> None:
+    """A pool worker: its share of the cores, its own slot's GPUs (before CUDA starts in
+    it), the concurrency recorded with its runs, and its pid for
+    :meth:`InProcess.interrupt`."""
     import torch
 
     global _STOP
     _STOP = stop
-    os.environ.update(slot_env(jobs, 0))
+    os.environ.update(slot_env(jobs, slots.get(), gpus_per_run))
     torch.set_num_threads(threads_per_run(jobs))
     # An idle worker ignores Ctrl-C (the parent decides); a trainer installs its own handler
     # for the length of a run (checkpoint, exit 130).
@@ -109,7 +140,8 @@ class InProcess:
     processes; ``jobs=1`` and ``here``: in this process, at once (the returned future is
     already done)."""
 
-    def __init__(self, jobs: int = 1, here: bool = True) -> None:
+    def __init__(self, jobs: int = 1, here: bool = True, gpus_per_run: int | None = None) -> None:
+        """``gpus_per_run``: GPUs each worker gets (default: 1 when there are GPUs)."""
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.jobs = jobs
@@ -118,11 +150,16 @@ class InProcess:
             ctx = mp.get_context("spawn")  # fork after torch's threads start is unsafe
             self._pids = ctx.SimpleQueue()
             self._stop = ctx.Event()
+            gpus = (1 if visible_devices() else 0) if gpus_per_run is None else gpus_per_run
+            device_env(jobs, 0, gpus)  # too few GPUs for the slots: one line, before any start
+            slots = ctx.SimpleQueue()  # each worker takes one slot, once, at its start
+            for s in range(jobs):
+                slots.put(s)
             self._pool = ProcessPoolExecutor(
                 jobs,
                 mp_context=ctx,
                 initializer=_worker_init,
-                initargs=(jobs, self._pids, self._stop),
+                initargs=(jobs, self._pids, self._stop, slots, gpus),
             )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -167,12 +204,15 @@ def train(overrides: list[str]) -> int:
     """``python -m scripts.train <overrides>`` in this process: its exit code (an exception
     is a crashed run, exit 1, reported in one line; Ctrl-C is not caught)."""
     from scripts.config import compose
-    from scripts.trainer import run_training
+    from scripts.trainer import EXIT_CONFIG, ConfigError, run_training
 
+    where = next((o for o in overrides if o.startswith("run_dir=")), " ".join(overrides))
     try:
         return run_training(compose(overrides))
+    except ConfigError as e:  # cannot start: the caller stops the phase on it
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except Exception as e:  # noqa: BLE001 - a crashed run is a result of the sweep
-        where = next((o for o in overrides if o.startswith("run_dir=")), " ".join(overrides))
         print(f"run {where} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
@@ -182,31 +222,57 @@ def run_commands(
     jobs: int,
     gpus_per_run: int = 0,
     call: Callable[[list[str], dict[str, str]], int] | None = None,
+    stop_on: int = 2,
 ) -> list[int]:
     """Each command's exit code, in order; at most ``jobs`` run at once, each in a slot
     (:func:`slot_env`). ``jobs=1`` runs them one after another with the caller's
-    environment, as before."""
+    environment, as before. A run that exits with ``stop_on`` (the trainer's configuration
+    exit, 2: it could not start) starts no further run; those that did not start get
+    :data:`NOT_STARTED`."""
     cmds = list(commands)
     plain = [sys.executable, "-m", "scripts.train"]
     if call is None and all(c[:3] == plain for c in cmds):
         with InProcess(jobs, here=False) as cells:  # not in the driver: a crash stays a result
             futures = [cells.submit(train, c[3:]) for c in cmds]
-            return [f.result() for f in futures]
+            codes = []
+            for f in futures:
+                if f.cancelled():
+                    codes.append(NOT_STARTED)
+                    continue
+                codes.append(f.result())
+                if codes[-1] == stop_on:
+                    for g in futures:
+                        g.cancel()
+            return codes
 
     def default_call(cmd: list[str], env: dict[str, str]) -> int:
         return subprocess.call(cmd, env=env)
 
     call = call or default_call
+    stopped = threading.Event()
     if jobs <= 1:
-        return [call(c, dict(os.environ)) for c in cmds]
+        codes = []
+        for c in cmds:
+            codes.append(NOT_STARTED if stopped.is_set() else call(c, dict(os.environ)))
+            if codes[-1] == stop_on:
+                stopped.set()
+        return codes
     slots: queue.Queue[int] = queue.Queue()
     for s in range(jobs):
         slots.put(s)
 
     def one(cmd: list[str]) -> int:
+        if stopped.is_set():
+            return NOT_STARTED
         s = slots.get()
+        if stopped.is_set():
+            slots.put(s)
+            return NOT_STARTED
         try:
-            return call(cmd, {**os.environ, **slot_env(jobs, s, gpus_per_run, procs_per_run(cmd))})
+            code = call(cmd, {**os.environ, **slot_env(jobs, s, gpus_per_run, procs_per_run(cmd))})
+            if code == stop_on:
+                stopped.set()
+            return code
         finally:
             slots.put(s)
 

@@ -10,12 +10,16 @@ import json
 import sys
 from pathlib import Path
 
+from scripts.cli import wants_help
+
 SOURCE = Path("/usr/share/games/fortunes")
 SKIP = {"art", "ascii-art"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if wants_help(list(argv), __doc__):
+        return 0
     out = Path(argv[0] if argv else "corpus/fortunes.jsonl")
     files = sorted(
         p for p in SOURCE.glob("*") if p.is_file() and not p.suffix and p.name not in SKIP

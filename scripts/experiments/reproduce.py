@@ -108,14 +108,61 @@ def _run_all(cmds: list[list[str]], args: argparse.Namespace) -> None:
     """Runs that do not wait on each other: ``--jobs`` at a time (:mod:`scripts.experiments.cells`)."""
     for cmd in cmds:
         print("+", shlex.join(cmd), flush=True)
-    if args.dry_run:
+    if args.dry_run or not cmds:
         return
-    from scripts.experiments.cells import run_commands
+    from scripts.experiments.cells import NOT_STARTED, run_commands
+    from scripts.trainer.checks import EXIT_CONFIG
 
-    for cmd, code in zip(cmds, run_commands(cmds, args.jobs, args.gpus), strict=True):
+    preflight(cmds, args.gpus * args.nodes)
+    codes = run_commands(cmds, args.jobs, args.gpus)
+    if EXIT_CONFIG in codes:
+        cmd = cmds[codes.index(EXIT_CONFIG)]
+        run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
+        raise SystemExit(
+            f"reproduce: {run_dir} could not start (its error is above); "
+            f"{codes.count(NOT_STARTED)} further run(s) not started: fix the configuration"
+        )
+    for cmd, code in zip(cmds, codes, strict=True):
         if code:
             run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
             print(f"reproduce: {run_dir} ended with exit code {code}; it counts as not reached")
+
+
+def default_gpus(args: argparse.Namespace) -> int:
+    """``--gpus`` when not given: the GPUs of this node (shared by ``--jobs`` runs at once),
+    1 on a CPU machine; printed, so a run's launch is never a surprise."""
+    from scripts.experiments.cells import visible_devices
+
+    n = len(visible_devices())
+    gpus = max(1, n // args.jobs) if n else 1
+    where = f"{n} GPU(s) visible" if n else "no GPU here"
+    print(f"reproduce: --gpus {gpus} ({where}; pass --gpus N to choose)", flush=True)
+    return gpus
+
+
+def preflight(cmds: list[list[str]], world: int) -> None:
+    """Every distinct configuration of these commands (one per optimizer) composed and
+    checked as the trainer would, world size included, before any run starts: a run that
+    cannot start stops the phase here in one line (exit 2), instead of every cell of the
+    grid failing the same way, or a launcher's failure tables hiding the reason."""
+    from scripts.config import compose, error_line
+    from scripts.trainer.checks import ConfigError, grad_accum_steps, validate
+
+    seen = set()
+    for cmd in cmds:
+        over = cmd[cmd.index("scripts.train") + 1 :]
+        opt = next((o for o in over if o.startswith("optimizer=")), "")
+        if opt in seen:
+            continue
+        seen.add(opt)
+        try:
+            cfg = compose(over)
+            validate(cfg)
+            grad_accum_steps(cfg.regime.global_batch, cfg.regime.micro_batch, world)
+        except ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
+        except Exception as e:  # Hydra's and OmegaConf's multi-line errors
+            raise SystemExit(f"error: {error_line(e)}") from None
 
 
 def _run(cmd: list[str], dry: bool) -> None:
@@ -136,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         "--study", default=None, help="a study in configs/study (scripts/experiments/study.py)"
     )
     ap.add_argument(
-        "--gpus", type=int, default=8, help="processes per run (torchrun); 1: plain python"
+        "--gpus",
+        type=int,
+        default=None,
+        help="processes per run (torchrun); 1: plain python (default: the GPUs present, 1 "
+        "on a CPU machine)",
     )
     ap.add_argument("--optimizers", nargs="+", default=["adamw", "shampoo", "soap"])
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3.16e-3, 1e-2])
@@ -196,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)  # overrides may follow the options
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.gpus is None:
+        args.gpus = default_gpus(args)
+    elif args.gpus < 1:
+        ap.error(f"--gpus must be >= 1, got {args.gpus}")
     if args.study:
         from scripts.experiments import study
 

@@ -101,6 +101,9 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         print("+ " + " ".join(cmd), flush=True)
         if not args.dry_run:
             code = subprocess.call(cmd)
+            if code == 2:  # a configuration that cannot start: the next ones would fail alike
+                print(f"[{e.name}] could not start (its error is above); study stopped")
+                return 2
             if code != 0:
                 print(f"[{e.name}] reproduce exited {code}; going on", flush=True)
     if args.dry_run:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from scripts import coordinate as cd
-from scripts.experiments.cells import die_with_parent
+from scripts.cli import wants_help
+from scripts.experiments.cells import device_env, die_with_parent, visible_devices
 from scripts.experiments.tune_storage import storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -290,6 +292,8 @@ def summary(tc: TuneConfig, space: cd.Space, store: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(list(argv), __doc__):
+        return 0
     try:
         tc, rest = parse(argv)
         space = cd.load_space(space_path(tc.space), tc.optimizers)
@@ -297,9 +301,22 @@ def main(argv: list[str] | None = None) -> int:
     except cd.SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    # Each worker's trainings on its own GPU (a pre-set CUDA_VISIBLE_DEVICES subdivided);
+    # this process is worker 0. Nothing changes on a CPU machine.
+    gpus = 1 if visible_devices() else 0
+    try:
+        envs = [device_env(tc.workers, w, gpus) for w in range(tc.workers)]
+    except ValueError as e:
+        print(f"error: {e}".replace("--jobs", "tune.workers"), file=sys.stderr)
+        return EXIT_CONFIG
+    os.environ.update(envs[0])
     helpers = [
-        subprocess.Popen([sys.executable, "-m", "scripts.tune", *argv, "tune.workers=1"], cwd=REPO)
-        for _ in range(tc.workers - 1)
+        subprocess.Popen(
+            [sys.executable, "-m", "scripts.tune", *argv, "tune.workers=1"],
+            cwd=REPO,
+            env={**os.environ, **envs[w]},
+        )
+        for w in range(1, tc.workers)
     ]
     work(tc, space, rest, store)
     codes = [h.wait() for h in helpers]

@@ -51,9 +51,23 @@ def storage(url: str | None, out: str | Path, heartbeat_s: int) -> Any:
         return store
     except Exception as e:
         msg = str(e).splitlines()[0][:200]
+        if _missing_driver(e) and url.startswith("postgresql"):
+            raise cd.SpaceError(
+                f"tune.storage={url} needs a PostgreSQL driver (psycopg), which is not "
+                "installed: pip install -e '.[postgres]'"
+            ) from None
         raise cd.SpaceError(
             f"tune.storage={url} cannot be opened ({type(e).__name__}: {msg})"
         ) from None
+
+
+def _missing_driver(e: BaseException) -> bool:
+    """SQLAlchemy could not import the URL's database driver (Optuna rewords that error)."""
+    while e is not None:
+        if isinstance(e, ImportError) or "Failed to import DB access module" in str(e):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
 
 
 def _lost_schema_race(e: Exception) -> bool:

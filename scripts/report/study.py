@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.cli import wants_help
 from scripts.report import plots, tables
 from scripts.report.analysis import Interval, analyse
 from scripts.report.load import load_runs
@@ -206,6 +207,8 @@ def write(study: Path, baseline: str = "adamw") -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(list(argv), __doc__):
+        return 0
     if not argv or not Path(argv[0]).is_dir():
         print("error: give a study directory (scripts.reproduce --study's --out)", file=sys.stderr)
         return 2

@@ -66,21 +66,37 @@ def _steps_to(run_dir: str | None, target: float) -> float | None:
     return crossing([vars(e) for e in rec.eval_history], target)[0]
 
 
+LEVELS = ("LR only", "full")
+
+
+def _picks(opts: dict[str, Any], starts: dict[str, dict[str, float]], level: str) -> dict:
+    """Each optimizer's chosen trial at a tuning level (its row of the trials table)."""
+    return {
+        o: lr_only_best(r, starts[o]) if level == "LR only" else _row(r["trials_table"], r["best"])
+        for o, r in opts.items()
+    }
+
+
+def missing_runs(res: dict[str, Any], starts: dict[str, dict[str, float]]) -> list[str]:
+    """Run directories the iterations columns read and that are not here (a clean clone has
+    ``tune.json`` but not the trials' runs)."""
+    out = []
+    for level in LEVELS:
+        for t in _picks(res["optimizers"], starts, level).values():
+            d = (t or {}).get("run_dir")
+            if d and not Path(d).is_dir() and d not in out:
+                out.append(d)
+    return out
+
+
 def savings(res: dict[str, Any], starts: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Per optimizer and tuning level: final loss, iterations to AdamW's final loss, saving."""
     opts = res["optimizers"]
     if "adamw" not in opts:
         return []
     rows = []
-    for level in ("LR only", "full"):
-        picks = {
-            o: (
-                lr_only_best(r, starts[o])
-                if level == "LR only"
-                else _row(r["trials_table"], r["best"])
-            )
-            for o, r in opts.items()
-        }
+    for level in LEVELS:
+        picks = _picks(opts, starts, level)
         base = picks["adamw"]
         if base is None or not math.isfinite(base["loss"]):
             continue

@@ -80,19 +80,30 @@ class Run:
 
 
 def rng_state() -> dict[str, Any]:
+    """Python's, numpy's and torch's generators, and the CUDA generator of this rank's own
+    device (not every visible device's: a resume may see fewer GPUs, and each rank draws on
+    its device alone)."""
     s = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
+        s["cuda_device"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return s
 
 
 def set_rng_state(s: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`. Checkpoints written before the per-device format hold
+    ``cuda``, one state per device visible then: this rank's device takes its own entry when
+    there is one, and a resume with fewer visible GPUs no longer raises."""
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    if not torch.cuda.is_available():
+        return
+    dev = torch.cuda.current_device()
+    if "cuda_device" in s:
+        torch.cuda.set_rng_state(s["cuda_device"], dev)
+    elif "cuda" in s and dev < len(s["cuda"]):
+        torch.cuda.set_rng_state(s["cuda"][dev], dev)

@@ -38,6 +38,11 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> dict[str, float]:
     if not math.isfinite(gn):
         run.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_val, "grad_norm": gn, "skipped": 1.0}
+    # The norm was read on the host and is finite, so every gradient is: soap's optimizers
+    # then skip their own screen (on a GPU a masked path, taken every step otherwise).
+    inner = getattr(run.optimizer, "optimizer", run.optimizer)  # accelerate's wrapper
+    if hasattr(inner, "grads_checked_finite"):
+        inner.grads_checked_finite()
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)

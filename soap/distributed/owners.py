@@ -108,7 +108,7 @@ class Distribution:
             opt._raise_on_nonfinite(self._checked_grads(active))
         except Exception as e:  # NonFiniteGradientError
             error = e
-        flag = torch.tensor([1.0 if error else 0.0], device=device_of(active))
+        flag = torch.tensor([1.0 if error else 0.0], device=device_of(self.params))
         dist.all_reduce(flag, group=self.group)
         if error is not None:
             raise error

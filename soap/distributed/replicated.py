@@ -27,7 +27,7 @@ class Replicated(Distribution):
     def _check_first_step(self, opt: Distributable, active: list[Tensor]) -> None:
         """Parameters and gradients must be one data-parallel model: one small all-gather of
         their sums, before the first step."""
-        dev = device_of(active)
+        dev = device_of(self.params)
         stats = (
             torch.stack(
                 [torch.stack([p.detach().double().sum(), p.grad.double().sum()]) for p in active]
@@ -84,7 +84,7 @@ class Replicated(Distribution):
             while len(launched) < len(rounds) and pending[len(launched)] == 0:
                 rd = rounds[len(launched)]
                 mine = rd.per_rank[self.rank]
-                dev = device_of(active)
+                dev = device_of(self.params)
                 flat = torch.zeros(rd.width, dtype=rd.dtype, device=dev)
                 if mine:
                     n = sum(p.numel() for p in mine)

@@ -73,8 +73,13 @@ class Sharded(Distribution):
         for i, row in enumerate(grid):
             for j, r in enumerate(row):
                 self._where[r] = (i, j)
-        local = torch.tensor([p.to_local().shape[0] for p in self.params], dtype=torch.int64)
-        out = torch.empty(self.world * local.numel(), dtype=torch.int64)
+        # On the parameters' device: NCCL (the trainer's only backend on CUDA) takes no CPU
+        # tensors, where gloo takes any.
+        dev = device_of(self.params)
+        local = torch.tensor(
+            [p.to_local().shape[0] for p in self.params], dtype=torch.int64, device=dev
+        )
+        out = torch.empty(self.world * local.numel(), dtype=torch.int64, device=dev)
         all_gather_flat(out, local, group=self.group)
         rows = out.view(self.world, -1)
         for i, p in enumerate(self.params):
@@ -94,7 +99,7 @@ class Sharded(Distribution):
     ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
         """Send every local (grad, value) shard to its owner; return full (grad, value) of the
         parameters this rank owns (fp32)."""
-        dev = device_of(active)
+        dev = device_of(self.params)  # not active's: it may be empty
         rep = self._where[self.rank][0]
         send = [[] for _ in range(self.world)]
         for p in active:
@@ -138,7 +143,7 @@ class Sharded(Distribution):
         return grads, values
 
     def _scatter_from_owners(self, active: list[Tensor], values: dict[int, Tensor]) -> None:
-        dev = device_of(active)
+        dev = device_of(self.params)  # not active's: it may be empty
         mine = [p for p in active if self.owns(p)]
         send = [[] for _ in range(self.world)]
         for p in mine:  # every rank gets its shard's rows (HSDP: every replica's rank too)
