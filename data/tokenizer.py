@@ -125,7 +125,7 @@ def load_tokenizer(
         name = cfg.name
         if not name:
             raise DataError(
-                "tokenizer.kind=pretrained needs tokenizer.name (e.g. t5-base, gpt2, or a local path)"
+                "data.tokenizer.kind=pretrained needs data.tokenizer.name (e.g. t5-base, gpt2, or a local path)"
             )
         try:
             from transformers import AutoTokenizer
@@ -134,7 +134,7 @@ def load_tokenizer(
         except Exception as e:
             raise DataError(
                 f"cannot load tokenizer {name!r} ({type(e).__name__}): it needs the Hugging Face hub or a local "
-                "copy; pass a local path, allow network access, or use tokenizer.kind=bpe"
+                "copy; pass data.tokenizer.name=<local path>, allow network access, or use data.tokenizer.kind=bpe"
             ) from None
         eos = tok.eos_token_id
         if eos is None:
@@ -147,4 +147,4 @@ def load_tokenizer(
             kind="pretrained",
             source=name,
         )
-    raise DataError(f"unknown tokenizer.kind {kind!r}: use bpe or pretrained")
+    raise DataError(f"unknown data.tokenizer.kind {kind!r}: use bpe or pretrained")

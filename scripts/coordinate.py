@@ -41,7 +41,13 @@ AXES: dict[str, str] = {
     "momentum": "optimizer.momentum",
     "adamw_lr": "optimizer.adamw_lr",
 }
-OPTIMIZERS = ("adamw", "soap", "shampoo", "muon")
+OPTIMIZER_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "optimizer"
+
+
+def known_optimizers() -> list[str]:
+    """Every optimizer with a config file (``configs/optimizer/<name>.yaml``): ours and any
+    third-party class added the README's way."""
+    return sorted(p.stem for p in OPTIMIZER_CONFIGS.glob("*.yaml"))
 
 
 class SpaceError(ValueError):
@@ -104,13 +110,18 @@ def load_space(path: str | Path, optimizers: list[str]) -> Space:
         raise SpaceError(f"{path}: threshold must be a number >= 0 or 'seeds', not {th!r}")
     axes: dict[str, list[Axis]] = {}
     spaces = raw.get("optimizers") or {}
+    known = known_optimizers()
     for opt in spaces:
-        if opt not in OPTIMIZERS:
-            raise SpaceError(f"{path}: unknown optimizer {opt!r}: use {', '.join(OPTIMIZERS)}")
-    for opt in optimizers:
-        if opt not in OPTIMIZERS:
+        if opt not in known:
             raise SpaceError(
-                f"tune.optimizers: unknown optimizer {opt!r}: use {', '.join(OPTIMIZERS)}"
+                f"{path}: unknown optimizer {opt!r}: use {', '.join(known)}, or add "
+                f"configs/optimizer/{opt}.yaml"
+            )
+    for opt in optimizers:
+        if opt not in known:
+            raise SpaceError(
+                f"tune.optimizers: unknown optimizer {opt!r}: use {', '.join(known)}, or add "
+                f"configs/optimizer/{opt}.yaml"
             )
         if opt not in spaces:
             raise SpaceError(f"{path} has no axes for {opt}: add optimizers.{opt} to it")

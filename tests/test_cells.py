@@ -34,7 +34,8 @@ def test_in_process_workers_get_their_share_of_the_cores():
         assert f.done() and f.result()["pid"] == str(os.getpid())
 
 
-def test_commands_run_in_slots_at_most_jobs_at_once():
+def test_commands_run_in_slots_at_most_jobs_at_once(monkeypatch):
+    monkeypatch.setattr(cells, "visible_devices", lambda: [str(i) for i in range(6)])  # 6 GPUs
     running, peak, seen = [0], [0], []
     lock = threading.Lock()
 

@@ -40,12 +40,15 @@ from scripts.record import RunRecord
 QUICK = ["train.max_steps=8", "train.eval_every=4", "train.checkpoint_every=4"]
 
 
-def rehearsal_data(cache_dir: str) -> list[str]:
-    """The embedded corpus as a local hub-layout folder, streamed like C4."""
+def rehearsal_data(cache_dir: str, write: bool = True) -> list[str]:
+    """The embedded corpus as a local hub-layout folder, streamed like C4 (``write=False``,
+    for ``--plan`` and ``--dry-run``: only its path, nothing written)."""
     from data.config import DataConfig
     from data.sources import export_hub_layout
 
-    folder = export_hub_layout(DataConfig(), Path(cache_dir) / "rehearsal-hub")
+    folder = Path(cache_dir) / "rehearsal-hub"
+    if write:
+        folder = export_hub_layout(DataConfig(), folder)
     return [f"data.name={folder.resolve()}"]
 
 
@@ -118,10 +121,12 @@ def _run_all(cmds: list[list[str]], args: argparse.Namespace) -> None:
     if EXIT_CONFIG in codes:
         cmd = cmds[codes.index(EXIT_CONFIG)]
         run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
-        raise SystemExit(
+        print(
             f"reproduce: {run_dir} could not start (its error is above); "
-            f"{codes.count(NOT_STARTED)} further run(s) not started: fix the configuration"
+            f"{codes.count(NOT_STARTED)} further run(s) not started: fix the configuration",
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     for cmd, code in zip(cmds, codes, strict=True):
         if code:
             run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
@@ -136,7 +141,8 @@ def default_gpus(args: argparse.Namespace) -> int:
     n = len(visible_devices())
     gpus = max(1, n // args.jobs) if n else 1
     where = f"{n} GPU(s) visible" if n else "no GPU here"
-    print(f"reproduce: --gpus {gpus} ({where}; pass --gpus N to choose)", flush=True)
+    # On stderr: stdout stays the plan's and the runs' (scripts read it).
+    print(f"reproduce: --gpus {gpus} ({where}; pass --gpus N to choose)", file=sys.stderr)
     return gpus
 
 
@@ -159,10 +165,10 @@ def preflight(cmds: list[list[str]], world: int) -> None:
             cfg = compose(over)
             validate(cfg)
             grad_accum_steps(cfg.regime.global_batch, cfg.regime.micro_batch, world)
-        except ConfigError as e:
-            raise SystemExit(f"error: {e}") from None
-        except Exception as e:  # Hydra's and OmegaConf's multi-line errors
-            raise SystemExit(f"error: {error_line(e)}") from None
+        except Exception as e:  # ConfigError, or Hydra's and OmegaConf's multi-line errors
+            line = str(e) if isinstance(e, ConfigError) else error_line(e)
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
 
 def _run(cmd: list[str], dry: bool) -> None:
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = list(args.overrides) + [q for q in QUICK if args.quick and q.split("=")[0] not in given]
     cfg = preset_cfg(args.preset, extra)
     if args.preset == "rehearsal":
-        extra += rehearsal_data(cfg.cache_dir)
+        extra += rehearsal_data(cfg.cache_dir, write=not (args.plan or args.dry_run))
     pl = plan(args.preset, args.fractions, extra)
     print(plan_line(pl, *budget(pl, args)), flush=True)
     if args.plan:
@@ -275,12 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.slurm and args.nodes > 1:
         script = sbatch_script(args, list(argv if argv is not None else sys.argv[1:]))
         path = out / "reproduce.sbatch"
+        print(f"{path}:\n{script}")
+        if args.dry_run:  # shown, not written
+            return 0
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(script)
-        print(f"{path}:\n{script}")
-        return 0 if args.dry_run else subprocess.call(["sbatch", str(path)])
+        return subprocess.call(["sbatch", str(path)])
     head = head_node(args.dry_run) if args.nodes > 1 else "localhost"
     if args.slurm:
+        try:
+            import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+        except ImportError:
+            raise SystemExit(
+                "error: --slurm needs Hydra's submitit launcher: pip install -e '.[cluster]'"
+            ) from None
         cmd = [
             sys.executable,
             "-m",

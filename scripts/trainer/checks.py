@@ -35,6 +35,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"unknown model {cfg.model.preset!r}: use model=<{'|'.join(PRESETS)}>")
     if "optimizer" not in cfg or "_target_" not in cfg.optimizer:
         raise ConfigError("no optimizer configured: use optimizer=<adamw|soap|shampoo|muon>")
+    importable(str(cfg.optimizer._target_))
     lr = cfg.optimizer.get("lr")
     _need(
         isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
@@ -46,10 +47,10 @@ def validate(cfg: Any) -> None:
     if betas is not None:  # torch's AdamW would fail deep inside its first step
         b = list(betas)
         _need(
-            len(b) == 2 and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b),
+            len(b) in (2, 3) and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b),
             "optimizer.betas",
             b,
-            "must be two numbers in [0, 1), e.g. [0.9,0.95]",
+            "must be two numbers in [0, 1), e.g. [0.9,0.95] (three for AdEMAMix)",
         )
     t = cfg.train
     _need(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be > 0")
@@ -95,6 +96,30 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"wandb.mode={cfg.wandb.mode!r}: use disabled, offline or online")
     if cfg.data.mode not in ("prepared", "stream"):
         raise ConfigError(f"data.mode={cfg.data.mode!r}: use prepared or stream")
+
+
+# Optional libraries behind the optimizers the configs name, and the extra that installs each.
+EXTRAS = {"heavyball": "lineup", "pytorch_optimizer": "lineup", "schedulefree": "lineup"}
+
+
+def importable(target: str) -> None:
+    """``optimizer._target_`` imports, or one line naming the extra that installs it (Hydra's
+    own error is several lines and names no fix)."""
+    from soap.factory import resolve_optimizer_class
+
+    try:
+        resolve_optimizer_class(target)
+    except ValueError as e:
+        root = target.split(":")[0].split(".")[0]
+        fix = (
+            f"pip install -e '.[{EXTRAS[root]}]'"
+            if root in EXTRAS
+            else "install the package that provides it, or fix the import path"
+        )
+        cause = str(e.__cause__ or e).splitlines()[0]
+        raise ConfigError(
+            f"optimizer._target_={target} cannot be imported ({cause}): {fix}"
+        ) from None
 
 
 def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:

@@ -22,6 +22,7 @@ from scripts.trainer import plan, state
 from scripts.trainer.checks import EXIT_DIVERGED, EXIT_INTERRUPTED, validate
 from scripts.trainer.logs import Logs, open_logs
 from scripts.trainer.memory import reset_peak_memory
+from scripts.trainer.optimizers import eval_weights, training_weights
 from scripts.trainer.run import Run
 from scripts.trainer.rundir import prepare_run_dir, write_run_files
 from scripts.trainer.setup import setup
@@ -103,6 +104,7 @@ def _start(run: Run, ck: Path | None, prev: RunRecord | None, changes: list[str]
     reset_peak_memory(run.accelerator.device)
     if ck is not None:
         ck = state.restore_latest(run)
+        training_weights(run.optimizer)
         if run.is_main:
             print(f"resumed {run.run_dir} at step {run.step} ({ck.name})")
             if changes:
@@ -174,7 +176,8 @@ def _iteration(run: Run) -> dict[str, Any]:
 
 
 def _evaluate(run: Run) -> float:
-    ev = evaluate(run)
+    with eval_weights(run.optimizer):
+        ev = evaluate(run)
     seconds = run.clock.train_seconds
     run.eval_history.append({"step": run.step, "eval_loss": ev, "train_seconds": seconds})
     run.tracker.update(run.step, seconds, ev)

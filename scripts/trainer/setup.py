@@ -24,10 +24,12 @@ from models.loss import CausalLMWithLoss
 from models.presets import get_preset
 from scripts.clock import TargetTracker, TrainClock
 from scripts.trainer.checks import ConfigError, compile_enabled, grad_accum_steps, total_steps
+from scripts.trainer.optimizers import check_schedulable, check_shardable, training_weights
 from scripts.trainer.run import Run
 from scripts.trainer.schedule import scheduler
 from scripts.trainer.shard import shard_model
-from soap import build_optimizer
+from soap import SOAP, Muon, MuonAdamW, Shampoo, build_optimizer
+from soap.factory import _target
 
 
 def seed_all(seed: int) -> None:
@@ -139,14 +141,18 @@ def setup(cfg: DictConfig) -> Run:
     if compile_enabled(cfg, acc.device.type):
         for layer in raw.decoder_layers:  # per block, as torchtitan: composes with DDP/FSDP2
             layer.compile()
+    make = instantiate(cfg.optimizer)
     if shards > 1:  # FSDP2 / HSDP: sharded here, on CPU and GPU alike (scripts/trainer/shard.py)
+        check_shardable(_target(make), cfg.optimizer_name, (SOAP, Shampoo, Muon, MuonAdamW))
         shard_model(raw, replicas, shards, acc.device)
         model = raw
     else:
         model = acc.prepare(raw)
     # The optimizer is built after prepare(model), on the parameters the device now holds.
     unwrapped = acc.unwrap_model(model)
-    opt = build_optimizer(unwrapped, instantiate(cfg.optimizer))
+    opt = build_optimizer(unwrapped, make)
+    check_schedulable(opt, cfg.optimizer_name)
+    training_weights(opt)  # Schedule-Free starts in evaluation mode
     sched = scheduler(opt, steps, cfg.schedule.warmup_fraction, cfg.schedule.final_lr_fraction)
     return Run(
         cfg=cfg,
