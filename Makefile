@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[harness,dev,postgres]"
+	$(PY) -m pip install -q -e ".[harness,dev,postgres,lineup]"
 	touch $@
 
 test: install

@@ -34,6 +34,10 @@ from torch.optim import Optimizer
 from .distributed import is_dtensor
 
 GROUPS = "param_groups"
+EXTRA = "#optimizer"  # "#optimizer<i>/extra": leaf i's state_dict() entries beyond torch's two
+PICKLED = "#pickled"
+WHOLE = "#state"  # "name/#state": a parameter's whole state in a layout other than torch's  # suffix of a state entry stored as one opaque blob (see dcp_state)
+_PLAIN = (Tensor, int, float, bool, str, type(None))
 
 
 def _leaves(opt: Optimizer) -> list[Optimizer]:
@@ -72,9 +76,19 @@ def named_state(opt: Optimizer, names: Mapping[int, str]) -> dict[str, Any]:
                 | {"param_names": [names[id(p)] for p in g["params"]]}
             )
         for p, st in leaf.state.items():
+            if not all(isinstance(k, str) and isinstance(v, _PLAIN) for k, v in st.items()):
+                # Another layout (heavyball: {0: {nested dicts, sets, lists}}): kept whole,
+                # keys and all (an int key written as "name/0" would come back a string).
+                flat[f"{names[id(p)]}/{WHOLE}"] = st
+                continue
             for k, v in st.items():
                 # Views into stacked buffers are cloned so that a writer stores the row only.
                 flat[f"{names[id(p)]}/{k}"] = v.clone() if isinstance(v, Tensor) else v
+    for i, leaf in enumerate(_leaves(opt)):
+        if type(leaf).state_dict is not Optimizer.state_dict:  # may add top-level entries
+            extra = {k: v for k, v in leaf.state_dict().items() if k not in ("state", GROUPS)}
+            if extra:  # heavyball's schedule counters, say
+                flat[f"{EXTRA}{i}/extra"] = extra
     flat[GROUPS] = groups
     return flat
 
@@ -88,9 +102,12 @@ def load_named_state(opt: Optimizer, flat: Mapping[str, Any], names: Mapping[int
         if key == GROUPS:
             continue
         name, _, k = key.rpartition("/")
-        per_param.setdefault(name, {})[k] = v
+        if k == WHOLE:
+            per_param.setdefault(name, {}).update(v)
+        else:
+            per_param.setdefault(name, {})[k] = v
     i = 0
-    for leaf in _leaves(opt):
+    for li, leaf in enumerate(_leaves(opt)):
         state, groups, idx = {}, [], 0
         for g in leaf.param_groups:
             saved = saved_groups[i]
@@ -110,7 +127,8 @@ def load_named_state(opt: Optimizer, flat: Mapping[str, Any], names: Mapping[int
                 if name in per_param:
                     state[idx] = per_param[name]
                 idx += 1
-        leaf.load_state_dict({"state": state, GROUPS: groups})
+        extra = per_param.get(f"{EXTRA}{li}", {}).get("extra", {})
+        leaf.load_state_dict({"state": state, GROUPS: groups, **extra})
     if i != len(saved_groups):
         raise ValueError(
             f"optimizer checkpoint has {len(saved_groups)} parameter groups, this optimizer "
@@ -128,6 +146,14 @@ def dcp_state(opt: Optimizer, model: nn.Module) -> dict[str, Any]:
     one opaque entry rather than being flattened."""
     flat = named_state(opt, param_names(model))
     flat[GROUPS] = io.BytesIO(pickle.dumps(flat[GROUPS]))
+    # State in another layout than torch's (heavyball keeps nested dicts, sets and lists of
+    # tensors per parameter): one opaque blob per entry. DCP would flatten such containers
+    # into keys that can collide ("duplicated flatten key"); a blob cannot be resharded, which
+    # is fine for replicated optimizers (the trainer refuses such optimizers under FSDP2).
+    for key in [k for k, v in flat.items() if k != GROUPS and not isinstance(v, _PLAIN)]:
+        buf = io.BytesIO()
+        torch.save(flat.pop(key), buf)
+        flat[key + PICKLED] = buf
     return flat
 
 
@@ -159,9 +185,11 @@ def dcp_template(
             continue
         entry = key[len(head) :]
         pname = entry.rpartition("/")[0]
-        if pname not in needed:
+        if pname not in needed and not pname.startswith(EXTRA):
             continue
-        if isinstance(md, TensorStorageMetadata):
+        if entry.endswith(PICKLED):
+            template[entry] = io.BytesIO()
+        elif isinstance(md, TensorStorageMetadata):
             p = by_name[pname]
             if is_dtensor(p) and pname not in whole and tuple(md.size) == tuple(p.shape):
                 template[entry] = torch.zeros_like(p, dtype=md.properties.dtype)
@@ -179,6 +207,9 @@ def load_dcp_state(opt: Optimizer, model: nn.Module, loaded: dict[str, Any]) -> 
     """Put a :func:`dcp_template` filled by ``dcp.load`` into ``opt``."""
     flat = dict(loaded)
     flat[GROUPS] = pickle.loads(flat[GROUPS].getvalue())
+    for key in [k for k in flat if k.endswith(PICKLED)]:
+        blob = flat.pop(key)
+        flat[key[: -len(PICKLED)]] = torch.load(io.BytesIO(blob.getvalue()), weights_only=False)
     load_named_state(opt, flat, param_names(model))
 
 

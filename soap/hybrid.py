@@ -46,10 +46,10 @@ class ChainedOptimizer(Optimizer):
     def __init__(self, optimizers: list[Optimizer]) -> None:
         if not optimizers:
             raise ValueError("ChainedOptimizer needs at least one optimizer")
-        self.optimizers = list(optimizers)
-        params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
+        children = list(optimizers)
+        params = [p for o in children for g in o.param_groups for p in g["params"]]
         super().__init__(params, {})
-        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        self.optimizers = children  # from here on, param_groups are the children's
         self._share_momentum()
         first = self.param_groups[0]
         self.defaults = {"lr": first["lr"], "momentum": first.get("momentum")}
@@ -61,6 +61,23 @@ class ChainedOptimizer(Optimizer):
                     g["momentum"] = g["betas"][0]
                 elif g["momentum"] != g["betas"][0]:
                     g["betas"] = (g["momentum"], *g["betas"][1:])
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The children's groups, read anew each time: a child's ``load_state_dict`` replaces
+        its group dicts, and a list taken once would then hold stale copies, so an LR
+        scheduler driving this optimizer (it writes ``param_groups[i]["lr"]`` every step)
+        would stop reaching the children after a resume (the second step after it went on
+        at the checkpoint's LR: found by tests/test_lineup.py)."""
+        children = self.__dict__.get("optimizers")
+        if children is None:  # inside Optimizer.__init__
+            return self.__dict__.setdefault("_init_groups", [])
+        return [g for o in children for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        if "optimizers" not in self.__dict__:  # Optimizer.__init__ assigns it
+            self.__dict__["_init_groups"] = value
 
     @property
     def state(self) -> dict:  # type: ignore[override]

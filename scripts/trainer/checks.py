@@ -110,7 +110,8 @@ def importable(target: str) -> None:
     try:
         resolve_optimizer_class(target)
     except ValueError as e:
-        root = target.split(":")[0].split(".")[0]
+        missing = getattr(e.__cause__, "name", None)  # the module that failed to import
+        root = (missing or target.split(":")[0]).split(".")[0]
         fix = (
             f"pip install -e '.[{EXTRAS[root]}]'"
             if root in EXTRAS

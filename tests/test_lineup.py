@@ -1,0 +1,144 @@
+"""The field's optimizers under one trainer (issue 31): every lineup member trains, is
+SIGKILLed after a checkpoint and resumes to the very same losses, and round-trips its state
+dict; Schedule-Free is evaluated on its evaluation weights; a member whose library is
+missing stops in one line naming the extra, before anything is written."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import FAST, REPO, _env, compose, metrics
+
+LINEUP = ["adamw", "soap", "shampoo", "muon", "kron", "schedulefree", "lion", "adafactor",
+          "ademamix"]  # fmt: skip
+SHORT = ["train.max_steps=6", "train.eval_every=2", "train.checkpoint_every=3"]
+WORKER = str(REPO / "tests" / "lineup_worker.py")
+
+
+def _train(args: list[str], cache_dir, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, WORKER, *FAST, f"cache_dir={cache_dir}", *SHORT, *args],
+        cwd=REPO,
+        env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("name", LINEUP)
+def test_member_resumes_after_sigkill_to_the_same_losses(name, tmp_path, cache_dir):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    r = _train([f"optimizer={name}", f"run_dir={ref}"], cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _train([f"optimizer={name}", f"run_dir={killed}"], cache_dir, {"KILL_AT": "5"})
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
+    assert not (killed / "summary.json").exists()
+    r = _train([f"optimizer={name}", f"run_dir={killed}"], cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed" in r.stdout and "at step 3" in r.stdout
+    a, b = metrics(ref), metrics(killed)
+    assert [x["step"] for x in b] == list(range(1, 7))
+    assert [x["loss"] for x in a] == [x["loss"] for x in b], name
+    assert [x.get("eval_loss") for x in a] == [x.get("eval_loss") for x in b], name
+
+
+@pytest.mark.parametrize("name", LINEUP)
+def test_member_state_dict_round_trips(name, cache_dir):
+    """Three steps, the state dict into a fresh optimizer on copied weights, a fourth step on
+    each: the same parameters."""
+    from hydra.utils import instantiate
+
+    from models import build_model
+    from scripts.trainer.optimizers import training_weights
+    from soap import build_optimizer
+
+    cfg = compose([f"optimizer={name}", "run_dir=."], cache_dir)
+    gen = torch.Generator().manual_seed(0)
+
+    def model():
+        torch.manual_seed(0)
+        return build_model("tiny", vocab_size=64, max_seq_len=16)
+
+    def grads(m):
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+
+    a = model()
+    oa = build_optimizer(a, instantiate(cfg.optimizer))
+    training_weights(oa)
+    for _ in range(3):
+        grads(a)
+        oa.step()
+    b = model()
+    b.load_state_dict(a.state_dict())
+    ob = build_optimizer(b, instantiate(cfg.optimizer))
+    training_weights(ob)
+    ob.load_state_dict(copy.deepcopy(oa.state_dict()))  # as through a file: no shared tensors
+    g = torch.Generator().manual_seed(1)
+    for m, o in ((a, oa), (b, ob)):
+        g.manual_seed(1)
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=g) * 1e-2
+        torch.manual_seed(7)  # PSGD draws its probe vectors from torch's global generator
+        o.step()
+    for (n, x), y in zip(a.named_parameters(), b.parameters(), strict=True):
+        if name == "kron":  # heavyball rebuilds a product of its factors on load: rounding
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-8, msg=f"{name} {n}")
+        else:
+            assert torch.equal(x, y), (name, n)
+
+
+def test_schedulefree_is_evaluated_on_its_evaluation_weights(tmp_path, cache_dir):
+    """The recorded eval loss is the evaluation weights' (it differs from the training
+    weights'), and a fresh evaluation of the final checkpoint, switched to its evaluation
+    weights, gives it again."""
+    from scripts.config import compose as compose_config
+    from scripts.trainer import state
+    from scripts.trainer.optimizers import eval_weights
+    from scripts.trainer.setup import setup
+    from scripts.trainer.step import evaluate
+    from tests.helpers import run_inprocess
+
+    run_dir = tmp_path / "sf"
+    over = [*FAST, f"cache_dir={cache_dir}", *SHORT, "optimizer=schedulefree", f"run_dir={run_dir}"]
+    assert run_inprocess(over[len(FAST) + 1 :], cache_dir) == 0
+    recorded = metrics(run_dir)[-1]["eval_loss"]
+    run = setup(compose_config(over))
+    state.restore_latest(run)
+    assert run.step == 6
+    training = evaluate(run)
+    with eval_weights(run.optimizer):
+        fresh = evaluate(run)
+    assert fresh == pytest.approx(recorded, rel=1e-6, abs=1e-6)
+    assert abs(training - recorded) > 1e-4, (training, recorded)
+    run.accelerator.end_training()
+
+
+@pytest.mark.parametrize("name,lib", [("kron", "heavyball"), ("schedulefree", "schedulefree"),
+                                      ("lion", "pytorch_optimizer")])  # fmt: skip
+def test_a_missing_library_is_one_line_naming_the_extra(name, lib, tmp_path, cache_dir):
+    run_dir = tmp_path / "none"
+    r = _train([f"optimizer={name}", f"run_dir={run_dir}"], cache_dir, {"BLOCK": lib})
+    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "pip install -e '.[lineup]'" in lines[0], lines
+    assert not run_dir.exists()
+
+
+def test_a_non_elementwise_member_is_refused_under_fsdp(tmp_path, cache_dir):
+    """Under FSDP2 PSGD-Kron or Adafactor would precondition each shard on its own."""
+    from scripts.trainer import ConfigError
+    from scripts.trainer.optimizers import check_shardable
+    from soap import SOAP
+
+    for cls in (torch.optim.Adafactor, __import__("heavyball").PSGDKron):
+        with pytest.raises(ConfigError, match="train.fsdp=false"):
+            check_shardable(cls, "x", (SOAP,))
+    check_shardable(torch.optim.AdamW, "adamw", (SOAP,))
+    check_shardable(__import__("schedulefree").AdamWScheduleFree, "sf", (SOAP,))
