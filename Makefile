@@ -7,7 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all lint format bench-optim bench-dist bench-loss bench-data gpu-check tune-demo study-demo demo demo-quick reproduce rehearsal report clean
+OPTIMIZERS ?= adamw soap shampoo muon kron schedulefree lion adafactor ademamix
+
+.PHONY: lineup install test test-all lint format bench-optim bench-dist bench-loss bench-data gpu-check tune-demo study-demo demo demo-quick reproduce rehearsal report clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +65,12 @@ tune-demo: install
 study-demo: install
 	$(PY) -m scripts.reproduce --study cpu_ladder --gpus 1 --jobs 2 --optimizers adamw soap \
 		--lrs 0.00316 0.01 0.0316 --extend 1 --fractions 0.5 0.75 --best-seeds 1 --out results/study-demo
+
+# The field's optimizers under the demo's protocol (LR sweep with edge extension, 3 seeds at the
+# best, schedule fractions), then the leaderboard: results/lineup. Add yours:
+# make lineup OPTIMIZERS="adamw soap yours" (with configs/optimizer/yours.yaml).
+lineup: install
+	$(PY) -m scripts.demo --optimizers $(OPTIMIZERS) --out results/runs/lineup --report-out results/lineup
 
 demo-quick: install
 	$(PY) -m scripts.demo --quick --out results/runs/demo-quick

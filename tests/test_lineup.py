@@ -178,3 +178,45 @@ def test_a_non_elementwise_member_is_refused_under_fsdp(tmp_path, cache_dir):
             check_shardable(cls, "x", (SOAP,))
     check_shardable(torch.optim.AdamW, "adamw", (SOAP,))
     check_shardable(__import__("schedulefree").AdamWScheduleFree, "sf", (SOAP,))
+
+
+def test_make_lineups_plan_covers_every_member():
+    """Every lineup member has a config file and a half-decade grid of three learning rates
+    (the demo's protocol), and the Makefile's default list is the lineup."""
+    import re
+
+    from scripts.coordinate import known_optimizers
+    from scripts.experiments.demo import FULL
+    from scripts.experiments.demo import LINEUP as DEMO_LINEUP
+
+    assert list(DEMO_LINEUP) == LINEUP
+    assert set(LINEUP) <= set(known_optimizers())
+    for name in LINEUP:
+        lrs = FULL["lrs"][name]
+        assert len(lrs) == 3 and all(
+            abs(b / a - 10**0.5) < 0.01 for a, b in zip(lrs, lrs[1:], strict=False)
+        )
+    make = (REPO / "Makefile").read_text()
+    assert re.search(r"^OPTIMIZERS \?= (.*)$", make, re.M).group(1).split() == LINEUP
+
+
+def test_lineup_refuses_an_unknown_or_missing_member_before_any_run(monkeypatch, capsys):
+    from scripts.experiments.demo import check_optimizers
+
+    with pytest.raises(SystemExit, match="unknown optimizer 'nope'"):
+        check_optimizers(["adamw", "nope"])
+    monkeypatch.setitem(sys.modules, "schedulefree", None)
+    with pytest.raises(SystemExit) as e:
+        check_optimizers(["adamw", "schedulefree"])
+    assert e.value.code == 2 and "pip install -e '.[lineup]'" in capsys.readouterr().err
+
+
+def test_every_member_has_a_tuning_space():
+    from scripts.coordinate import load_space, overrides
+    from scripts.experiments.tune import space_path
+
+    space = load_space(space_path("lineup"), LINEUP)
+    for name in LINEUP:
+        start = {a.name: a.start for a in space.axes[name]}
+        cfg = compose([f"optimizer={name}", "run_dir=.", *overrides(start)], REPO / ".cache")
+        assert cfg.optimizer.lr == start["lr"], name

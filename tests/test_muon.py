@@ -1,5 +1,6 @@
 """Muon and the AdamW of MuonAdamW against torch's own Muon and AdamW."""
 
+import pytest
 import torch
 
 from soap import Muon
@@ -47,3 +48,30 @@ def test_muon_matches_torch_muon():
         # Newton-Schulz runs in bf16: batched and single matmuls round differently, by far
         # less than the distance the parameters moved.
         assert (pa - pb).abs().max() < 0.02 * (pb - x0).abs().max()
+
+
+def test_a_schedule_still_reaches_muonadamws_children_after_load_state_dict():
+    """A child's ``load_state_dict`` replaces its group dicts; ChainedOptimizer kept a list of
+    the old ones, so after a resume the LR schedule wrote into dicts no child read (found by
+    the lineup's SIGKILL test: the second step after the resume went on at the old LR)."""
+    import copy
+
+    from soap import MuonAdamW
+
+    def make():
+        torch.manual_seed(0)
+        w, b = torch.nn.Parameter(torch.randn(8, 8)), torch.nn.Parameter(torch.zeros(8))
+        opt = MuonAdamW([("w", w), ("b", b)], lr=1e-2, adamw_lr=1e-2)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+
+    a, sa = make()
+    for p in [q for g in a.param_groups for q in g["params"]]:
+        p.grad = torch.ones_like(p)
+    a.step()
+    sa.step()
+    b, sb = make()
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    sb.load_state_dict(sa.state_dict())
+    sb.step()
+    child_lrs = [g["lr"] for o in b.optimizers for g in o.param_groups]
+    assert child_lrs == [g["lr"] for g in b.param_groups] == pytest.approx([1e-2 / 3] * 2)

@@ -35,10 +35,21 @@ from scripts.measures import best_lr, edge_extension
 REPO = Path(__file__).resolve().parents[2]
 OPTIMIZERS = ("adamw", "shampoo", "soap")
 GRID = [3.16e-3, 1e-2, 3.16e-2]  # the same half-decade grid for every optimizer
+# `make lineup`: the field's optimizers under the same protocol (configs/optimizer/<name>.yaml).
+LINEUP = ("adamw", "soap", "shampoo", "muon", "kron", "schedulefree", "lion", "adafactor",
+          "ademamix")  # fmt: skip
+# Each optimizer's half-decade grid, centred where its authors' defaults put its LR relative
+# to AdamW's (the edge extension moves it when the best LR sits on an edge): Lion's sign
+# update wants 3-10x less (Chen et al. 2023), PSGD-Kron's unit-RMS update too (heavyball's
+# default 1e-3); Muon's orthogonalised update, scaled to AdamW's RMS here, a little more.
+GRIDS = {
+    "lion": [3.16e-4, 1e-3, 3.16e-3],
+    "kron": [3.16e-4, 1e-3, 3.16e-3],
+}
 
 FULL = {
     "overrides": [],
-    "lrs": {o: GRID for o in OPTIMIZERS},
+    "lrs": {o: GRIDS.get(o, GRID) for o in LINEUP},
     "seeds": [1, 2],  # with the sweep's seed 0: three seeds at each best LR
     "fractions": [0.4, 0.6, 0.8],
     "max_extend": 1,
@@ -50,7 +61,7 @@ QUICK = {
         "regime.global_batch=16",
         "regime.micro_batch=16",
     ],
-    "lrs": {"adamw": [3e-3, 1e-2], "shampoo": [1e-2], "soap": [1e-2]},
+    "lrs": {"adamw": [3e-3, 1e-2], **{o: [GRIDS.get(o, GRID)[1]] for o in LINEUP[1:]}},
     "seeds": [1],
     "fractions": [0.5],
     "max_extend": 0,
@@ -93,15 +104,16 @@ def protocol(cells: InProcess, out: Path, plan: dict, extra: list[str]) -> dict[
     wait on each other go to ``cells`` together: each optimizer's follow-up runs start as soon
     as its own sweep is done. Returns the best LR per optimizer (none: nothing finite)."""
     sweeps: dict[Future, tuple[str, float]] = {}
-    losses: dict[str, dict[float, float | None]] = {o: {} for o in OPTIMIZERS}
-    extended = dict.fromkeys(OPTIMIZERS, 0)
+    optimizers = plan["optimizers"]
+    losses: dict[str, dict[float, float | None]] = {o: {} for o in optimizers}
+    extended = dict.fromkeys(optimizers, 0)
     follow: list[Future] = []
     best: dict[str, float] = {}
 
     def sweep_cell(opt: str, lr: float) -> None:
         sweeps[cells.submit(run_cell, out, opt, lr, 1.0, 0, plan, extra)] = (opt, lr)
 
-    for opt in OPTIMIZERS:
+    for opt in optimizers:
         for lr in plan["lrs"][opt]:
             sweep_cell(opt, lr)
     while sweeps:
@@ -155,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-out", default=None, help="report directory (default: <out>/report)")
     ap.add_argument("--quick", action="store_true", help="a few steps per run (smoke test)")
     ap.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=list(OPTIMIZERS),
+        help=f"optimizers (configs/optimizer/<name>.yaml; `make lineup`: {' '.join(LINEUP)}); "
+        "AdamW is the baseline",
+    )
+    ap.add_argument(
         "--jobs",
         type=int,
         default=max(1, min(8, (os.cpu_count() or 1) // 4)),
@@ -200,11 +219,15 @@ def compile_overrides() -> list[str]:
 
 def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     plan = QUICK if args.quick else FULL
+    plan = {**plan, "optimizers": list(args.optimizers), "lrs": dict(plan["lrs"])}
+    for o in args.optimizers:  # one from outside the lineup: the common grid
+        plan["lrs"].setdefault(o, [GRID[1]] if args.quick else GRID)
+    check_optimizers(args.optimizers)
     if not args.quick:  # a few steps per run: compiling would cost more than it saves
         plan = {**plan, "overrides": [*compile_overrides(), *plan["overrides"]]}
     out = Path(args.out)
     t0 = time.time()
-    n = sum(len(v) for v in plan["lrs"].values()) + len(OPTIMIZERS) * (
+    n = sum(len(plan["lrs"][o]) for o in args.optimizers) + len(args.optimizers) * (
         len(plan["seeds"]) + len(plan["fractions"])
     )
     print(f"demo: {n} runs (more if a grid needs extending) into {out}", flush=True)
@@ -231,6 +254,27 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
         f"\ndemo finished in {time.time() - t0:.0f}s\nreport: {res.out / 'report.md'}\ndashboard: {res.dashboard}"
     )
     return 0
+
+
+def check_optimizers(names: list[str]) -> None:
+    """Each name has a config file and its library imports, or one line naming the fix (exit
+    2) before any run starts."""
+    from scripts.config import compose
+    from scripts.coordinate import known_optimizers
+    from scripts.trainer.checks import ConfigError, importable
+
+    known = known_optimizers()
+    for name in names:
+        if name not in known:
+            raise SystemExit(
+                f"error: unknown optimizer {name!r}: use {', '.join(known)}, or add "
+                f"configs/optimizer/{name}.yaml"
+            )
+        try:
+            importable(str(compose([f"optimizer={name}", "run_dir=."]).optimizer._target_))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

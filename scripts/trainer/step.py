@@ -18,7 +18,10 @@ def train_step(run: Run, micro_batches: list[torch.Tensor]) -> dict[str, float]:
     model.train()
     total_ce = torch.zeros((), device=acc.device)
     for k, ids in enumerate(micro_batches):
-        ids = ids.to(acc.device, non_blocking=True)
+        # A plain copy: the loader's batches are pageable memory, from which CUDA copies
+        # synchronously whatever non_blocking says (only pinned memory overlaps), and a
+        # micro-batch of token ids is ~128 KB at 360m: not worth a pinned staging buffer.
+        ids = ids.to(acc.device)
         last = k == len(micro_batches) - 1
         # Gradients are all-reduced only on the last micro-batch of the step.
         sharded = set_gradient_sync(model, last)
