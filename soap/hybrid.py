@@ -145,7 +145,6 @@ class ChainedOptimizer(Optimizer):
             )
         for o, sd in zip(self.optimizers, sds, strict=True):
             o.load_state_dict(sd)
-        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
         self._share_momentum()
 
 

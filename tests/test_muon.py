@@ -51,12 +51,14 @@ def test_muon_matches_torch_muon():
 
 
 def test_a_schedule_still_reaches_muonadamws_children_after_load_state_dict():
-    """A child's ``load_state_dict`` replaces its group dicts; ChainedOptimizer kept a list of
-    the old ones, so after a resume the LR schedule wrote into dicts no child read (found by
-    the lineup's SIGKILL test: the second step after the resume went on at the old LR)."""
+    """``soap.checkpoint`` loads each child itself, and a child's ``load_state_dict`` replaces
+    its group dicts; ChainedOptimizer kept a list of the old ones, so after a resume the LR
+    schedule wrote into dicts no child read (found by the lineup's SIGKILL test: the second
+    step after the resume went on at the checkpoint's LR)."""
     import copy
 
     from soap import MuonAdamW
+    from soap.checkpoint import load_named_state, named_state
 
     def make():
         torch.manual_seed(0)
@@ -70,7 +72,13 @@ def test_a_schedule_still_reaches_muonadamws_children_after_load_state_dict():
     a.step()
     sa.step()
     b, sb = make()
-    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    names = {id(p): f"p{i}" for i, p in enumerate(q for g in a.param_groups for q in g["params"])}
+    flat = copy.deepcopy(named_state(a, names))
+    load_named_state(
+        b,
+        flat,
+        {id(p): f"p{i}" for i, p in enumerate(q for g in b.param_groups for q in g["params"])},
+    )
     sb.load_state_dict(sa.state_dict())
     sb.step()
     child_lrs = [g["lr"] for o in b.optimizers for g in o.param_groups]
