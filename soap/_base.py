@@ -74,7 +74,7 @@ class BucketedOptimizer(Optimizer):
             "skipped": None,  # device tensor: parameter updates skipped for non-finite grads
             "scratch": {},  # reusable temporaries on CPU (fresh allocations page-fault there)
             "cohorts": Cohorts(),  # which parameters are at the same step (soap.stepcount)
-            "checked": False,  # the caller saw this step's gradients finite (see below)
+            "checked": False,  # grads_checked_finite() for the next step
         }
         super().__init__(params, defaults)
 
@@ -84,11 +84,8 @@ class BucketedOptimizer(Optimizer):
         return self._book["skipped"]
 
     def grads_checked_finite(self) -> None:
-        """The caller has seen this step's gradients finite on the host (say a finite
-        ``clip_grad_norm_`` it read anyway), so the next :meth:`step` skips its own non-finite
-        screen: on an accelerator that screen is a masked path on the device (no host
-        synchronisation), which a trainer that already synchronised on the norm need not
-        pay. Applies to one step; ``nonfinite_grad='raise'`` still checks."""
+        """The caller saw this step's gradients finite (a grad norm it read): the next step
+        skips its screen, a masked path on accelerators (``nonfinite_grad='raise'`` checks)."""
         self._book["checked"] = True
 
     def _invalidate(self) -> None:
@@ -238,8 +235,7 @@ class BucketedOptimizer(Optimizer):
     _host_all_finite = staticmethod(host_all_finite)
 
     def _count_skipped(self, ok: Tensor) -> None:
-        bad = (~ok).sum()
-        book = self._book
+        bad, book = (~ok).sum(), self._book
         book["skipped"] = bad if book["skipped"] is None else book["skipped"] + bad
 
     @staticmethod
@@ -382,12 +378,9 @@ class BucketedOptimizer(Optimizer):
         return f"parameter of shape {tuple(p.shape)}"
 
     def _scratch(self, slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
-        """A reusable fp32 buffer of ``shape`` on CPU (eager), else ``None`` (allocate).
-
-        On CPU every fresh large temporary costs page faults (~3 ms per 32 MB here), so the
-        largest temporaries of a step reuse one buffer per slot, sized for the largest
-        bucket; accelerators' caching allocators make this unnecessary.
-        """
+        """A reusable fp32 buffer of ``shape`` on CPU (eager), else ``None`` (allocate): a
+        fresh large temporary page-faults there (~3 ms per 32 MB), one buffer per slot sized
+        for the largest bucket does not; accelerators' caching allocators need none."""
         if like.device.type != "cpu" or torch.compiler.is_compiling():
             return None
         n = 1

@@ -4,6 +4,7 @@ lines. Imports are read from the source (every ``import``, also inside functions
 check needs no import side effects."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,9 +108,13 @@ def test_no_import_circles():
 
 
 def test_every_module_is_imported_or_run():
-    """Dead modules go: each is imported by another, is a package, or is a command
-    (``python -m ...``: it has a ``__main__`` guard)."""
+    """Dead modules go: each is imported by another, is a package, is a command
+    (``python -m ...``: it has a ``__main__`` guard), or is named by a config's ``_target_``
+    (configs are constructor calls)."""
     imported = {d for deps in GRAPH.values() for d in deps}
+    for y in (ROOT / "configs").rglob("*.yaml"):
+        for target in re.findall(r"_target_:\s*([\w.]+)", y.read_text()):
+            imported.add(target.rpartition(".")[0])
     tests = {
         d
         for t in (ROOT / "tests").glob("*.py")

@@ -83,7 +83,8 @@ def test_multi_node_slurm_job_and_launch_commands(tmp_path, capsys):
     out = tmp_path / "rp"
     argv = ["paper_360m_small_batch", "--slurm", "--nodes", "2", "--gpus", "8", "--out", str(out)]
     assert main([*argv, "--dry-run"]) == 0
-    script = (out / "reproduce.sbatch").read_text()
+    assert not out.exists()  # --dry-run shows the job, writes nothing
+    script = capsys.readouterr().out.split("reproduce.sbatch:\n", 1)[1]
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
     assert "#SBATCH --requeue" in script
     last = script.strip().splitlines()[-1]
