@@ -70,6 +70,8 @@ def test_a_multi_process_run_shares_its_slots_cores(monkeypatch):
     assert sorted(e["OMP_NUM_THREADS"] for e in got) == ["4", "8"]  # 16 cores / 2 slots / ranks
 
 
+# Slow (1.5-2.5 min): `make test-all` runs it; the quick driver paths are in test_first_hour.py.
+@pytest.mark.slow
 def test_a_study_with_two_runs_at_once(tmp_path, cache_dir, monkeypatch):
     """``scripts.reproduce --study`` with ``--jobs 2``: one-process runs train inside two
     workers, every run records that it shared the machine, and the study report says so."""

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.helpers import REPO, _env, kill_tree
 
 
@@ -39,6 +41,8 @@ def _cmd(out, cache_dir):
     ]
 
 
+# Slow (1.5-2.5 min): `make test-all` runs it; the quick driver paths are in test_first_hour.py.
+@pytest.mark.slow
 def test_rehearsal_runs_every_phase_and_continues_after_a_kill(tmp_path, cache_dir):
     out = tmp_path / "rehearsal"
     proc = subprocess.Popen(
@@ -114,6 +118,8 @@ def test_multi_node_slurm_job_and_launch_commands(tmp_path, capsys):
     assert "--max-restarts=1" in launch(2, 1, 1, "x")
 
 
+# Slow (1.5-2.5 min): `make test-all` runs it; the quick driver paths are in test_first_hour.py.
+@pytest.mark.slow
 def test_full_tuning_phase_feeds_the_comparison(tmp_path, cache_dir):
     """``--tune full``: scripts.tune first (a real, tiny space: one learning rate, 2 weight
     decays per optimizer), then each optimizer at its tuned settings, fractions, report."""
