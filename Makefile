@@ -53,18 +53,22 @@ gpu-check: install
 demo: install
 	$(PY) -m scripts.demo --report-out results/demo
 
-# AdamW and SOAP tuned by coordinate descent (3 axes each), 2 workers sharing one SQLite study.
+# AdamW and SOAP tuned by coordinate descent (3 axes each; 2 workers sharing one SQLite study) in
+# the demo's regime, then compared at their tuned settings (3 seeds, schedule fractions): the
+# tuning phase of the protocol engine (scripts/experiments/protocol.py).
 tune-demo: install
-	OMP_NUM_THREADS=1 $(PY) -m scripts.tune tune.space=demo tune.optimizers=[adamw,soap] \
-		tune.budget=13 tune.workers=2 tune.out=results/tune-demo experiment=demo \
-		train.max_steps=40
-	$(PY) -m scripts.tune_report results/tune-demo
+	OMP_NUM_THREADS=1 $(PY) -m scripts.reproduce demo --tune full --tune-space demo --tune-budget 13 \
+		--tune-workers 2 --jobs 2 --optimizers adamw soap --best-seeds 1 2 --fractions 0.5 0.75 \
+		--out results/tune-demo
+	$(PY) -m scripts.tune_report results/tune-demo/tune
 
-# Saving against scale on this machine: configs/study/cpu_ladder.yaml (3 sizes x 2 batches),
-# AdamW and SOAP, an LR grid each, 2 seeds at each best LR, 2 schedule fractions; 2 runs at once.
+# Saving against scale on this machine: configs/study/cpu_ladder.yaml (3 sizes x 2 batches, every
+# experiment at 20 tokens per parameter), AdamW and SOAP, an LR grid each, 2 seeds at each best
+# LR, 2 schedule fractions; 2 runs at once.
 study-demo: install
 	$(PY) -m scripts.reproduce --study cpu_ladder --gpus 1 --jobs 2 --optimizers adamw soap \
-		--lrs 0.00316 0.01 0.0316 --extend 1 --fractions 0.5 0.75 --best-seeds 1 --out results/study-demo
+		--lrs 0.00316 0.01 0.0316 --extend 1 --fractions 0.5 0.75 --best-seeds 1 \
+		--out results/study-demo train.compile=true
 
 # The field's optimizers under the demo's protocol (LR sweep with edge extension, 3 seeds at the
 # best, schedule fractions), then the leaderboard: results/lineup. Add yours:

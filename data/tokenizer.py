@@ -16,6 +16,7 @@ import numpy as np
 from .config import DataError, TokenizerConfig
 
 EOS = "<|endoftext|>"
+BYTES = 256  # the byte-level alphabet every BPE here starts from
 
 
 _LOADED: dict[tuple[str, str], Any] = {}  # per process: (kind, source) -> the library object
@@ -101,9 +102,11 @@ def load_tokenizer(
     kind = cfg.kind
     if kind == "bpe":
         vocab = int(cfg.vocab_size)
-        if vocab < 300:
+        if vocab < BYTES + 1:  # 257: the bytes and the end-of-document token, no merge
             raise DataError(
-                f"tokenizer.vocab_size={vocab} is too small for byte-level BPE (>= 300)"
+                f"tokenizer.vocab_size={vocab} is too small for byte-level BPE: use >= "
+                f"{BYTES + 1} (the {BYTES} bytes and the end-of-document token; "
+                f"{BYTES + 1} is plain bytes)"
             )
         path = bpe_path(cfg, cache_dir, source_key)
         if not path.exists():

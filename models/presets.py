@@ -48,8 +48,11 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     # A few million parameters (most of them embeddings): trains on a 2-core CPU in minutes.
     "tiny": ModelPreset("tiny", d_model=128, n_layers=4, n_heads=2, d_ff=384),
-    # The CPU ladder (configs/study/cpu_ladder.yaml): about 0.1M, 0.3M and 0.9M (tiny)
-    # non-embedding parameters, a decade in steps of ~3, width and depth growing together.
+    # The CPU regime's models (README, "The CPU regime"): the demo's 107k and the ladder of
+    # configs/study/cpu_ladder.yaml, 12k - 40k - 107k non-embedding parameters (9x), width
+    # and depth growing together; d_ff near 2.5-3 d as in the larger presets.
+    "ladder12k": ModelPreset("ladder12k", d_model=32, n_layers=1, n_heads=1, d_ff=80),
+    "ladder40k": ModelPreset("ladder40k", d_model=40, n_layers=2, n_heads=1, d_ff=112),
     "ladder100k": ModelPreset("ladder100k", d_model=64, n_layers=2, n_heads=1, d_ff=192),
     "ladder300k": ModelPreset("ladder300k", d_model=96, n_layers=3, n_heads=2, d_ff=256),
     "210m": ModelPreset(

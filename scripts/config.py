@@ -66,6 +66,15 @@ class TrainConfig:
 
 
 @dataclass
+class ProtocolTag:
+    """Which protocol preset and phase produced a run (:mod:`scripts.experiments.protocol`);
+    empty for a run started by hand."""
+
+    preset: str | None = None
+    phase: str | None = None  # sweep | extend | tuned | seeds | fractions | tune | robustness
+
+
+@dataclass
 class ScheduleConfig:
     warmup_fraction: float = 0.1  # linear warmup over this fraction of the run
     final_lr_fraction: float = 0.1  # cosine decays to this fraction of the peak LR
@@ -172,6 +181,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    protocol: ProtocolTag = field(default_factory=ProtocolTag)
     experiment_name: str = "default"
     seed: int = 0
     run_dir: str = MISSING

@@ -31,6 +31,8 @@ class RunRecord:
     seed: int = 0
     fraction: float = 1.0
     precondition_frequency: int | None = None
+    preset: str | None = None  # the protocol preset and phase that produced the run
+    phase: str | None = None  # (scripts/experiments/protocol.py); None: started by hand
     message: str | None = None
     steps: int = 0  # iterations taken
     planned_steps: int = 0
@@ -57,6 +59,7 @@ class RunRecord:
     params_total: int | None = None
     params_non_embedding: int | None = None
     vocab_size: int | None = None
+    train_data_tokens: int | None = None  # the training split's tokens (passes = tokens / it)
     eval_history: list[EvalPoint] = field(default_factory=list)
     # resume=force: the configuration keys that changed when the run was continued
     config_changes: list[str] = field(default_factory=list)

@@ -59,6 +59,14 @@ def _cmd(args: list[str], cache_dir: Path, launcher: list[str] | None) -> list[s
     ]
 
 
+def prepared(args: list[str], cache_dir: Path) -> None:
+    """The data (or, streamed, the tokenizer) of these training arguments prepared in this
+    process, so that two runs started at once do not both prepare it."""
+    from scripts.prepare import main
+
+    assert main([*FAST, f"cache_dir={cache_dir}", *args]) == 0
+
+
 def cli(
     args: list[str],
     cache_dir: Path,

@@ -368,3 +368,18 @@ def test_stream_mode_validation_equals_prepared_and_resumes_exactly(hub_folder, 
     ).loader
     again.load_state_dict(state)
     assert all(torch.equal(e, torch.cat(again.next())) for e in expected)
+
+
+def test_byte_level_vocabulary_of_257_is_plain_bytes(tmp_path):
+    """The CPU regime's vocabulary (configs/experiment/demo.yaml): 256 bytes and the
+    end-of-document token, no merges; one fewer is refused in one line."""
+    from data.config import DataError, TokenizerConfig
+    from data.tokenizer import load_tokenizer
+
+    docs = ["héllo world, the quick brown fox " * 20] * 30
+    tok = load_tokenizer(TokenizerConfig(vocab_size=257), iter(docs), tmp_path, "k")
+    assert tok.vocab_size == 257 and 0 <= tok.eos_id < 257
+    text = "héllo"
+    assert len(tok.encode_batch([text])[0]) == len(text.encode())  # one token per byte
+    with pytest.raises(DataError, match=r"vocab_size=256 is too small.*>= 257"):
+        load_tokenizer(TokenizerConfig(vocab_size=256), iter(docs), tmp_path, "k")

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from tests.helpers import REPO
 
@@ -13,7 +14,8 @@ def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
     from scripts.experiments.demo import main
 
     out = tmp_path / "demo"
-    assert main(["--quick", "--out", str(out), f"cache_dir={cache_dir}"]) == 0
+    # In this process (--jobs 1): the pool of workers is tested by test_ctrl_c_stops_concurrent_runs
+    assert main(["--quick", "--jobs", "1", "--out", str(out), f"cache_dir={cache_dir}"]) == 0
     printed = capsys.readouterr().out
     assert "| soap |" in printed and "| adamw |" in printed and "| shampoo |" in printed
     assert "adamw's final loss" in printed  # a verdict line per optimizer
@@ -31,6 +33,26 @@ def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
             for r in runs
         }
         assert all((n == 1) == ("frac0.5" in r) for r, n in evals.items()), evals
+        # Each run's record says which preset and phase of the protocol produced it.
+        tags = {
+            r: yaml.safe_load((out / opt / r / "config.yaml").read_text())["protocol"] for r in runs
+        }
+        assert {t["preset"] for t in tags.values()} == {"demo"}, tags
+        assert {t["phase"] for t in tags.values()} >= {"sweep", "seeds", "fractions"}, tags
+        recs = {r: json.loads((out / opt / r / "summary.json").read_text()) for r in runs}
+        assert all(
+            (x["preset"], x["phase"]) == (tags[r]["preset"], tags[r]["phase"])
+            for r, x in recs.items()
+        )
+    # The savings' sensitivity to round-off: each best run again, eager (a quick check here).
+    from scripts.experiments import robustness
+    from scripts.experiments.demo import QUICK
+
+    argv = [str(out), f"cache_dir={cache_dir}", *QUICK["overrides"], "--variants", "eager, 2 threads"]  # fmt: skip
+    assert robustness.main(argv) == 0
+    table = capsys.readouterr().out.split("iterations saved against adamw:")[1]
+    assert "| soap |" in table and "| shampoo |" in table and "eager, 2 threads" in table
+    assert len(list((out / "robustness").rglob("summary.json"))) == 3
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
@@ -89,6 +111,7 @@ def test_ctrl_c_stops_the_whole_demo_and_restores_handlers(tmp_path, cache_dir, 
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow  # ~45 s with three busy processes; the Ctrl-C paths: the two tests around it
 def test_ctrl_c_between_runs_stops_the_demo_on_a_busy_machine(tmp_path, cache_dir):
     """SIGINT right after the first run's ``completed:`` line, with three busy processes on
     the cores: the demo stops (exit 130) and starts no further run. Each busy process ends by

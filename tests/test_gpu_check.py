@@ -45,6 +45,10 @@ def _fake_pytest(monkeypatch, code: int, stdout: str) -> None:
         return real(cmd, *a, **kw)
 
     monkeypatch.setattr(gpu_check.subprocess, "run", fake)
+    # The measured parts as in smoke mode but without their seconds (the smoke test above
+    # runs them): these tests are about how the tests part's outcome reaches the exit code.
+    for part in ("optimizer_steps", "train_steps", "loss_bench"):
+        monkeypatch.setattr(gpu_check, part, lambda device, smoke, p=part: f"{p}: ok")
 
 
 def test_gpu_check_fails_when_gpu_tests_fail(tmp_path, monkeypatch, capsys):

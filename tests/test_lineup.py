@@ -56,16 +56,27 @@ def resumed(tmp_path_factory, cache_dir):
     """Per member: an uninterrupted run, and a run SIGKILLed after its 5th step (the
     checkpoint is at 3) then resumed. One process for the references, one per kill, one for
     the resumes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     root = tmp_path_factory.mktemp("lineup")
     refs = [[f"optimizer={n}", f"run_dir={root / n / 'ref'}"] for n in LINEUP]
-    r = _train_all(refs, cache_dir)
-    assert r.returncode == 0, r.stderr[-3000:]
-    for n in LINEUP:
-        r = _train(
+
+    def kill(n: str) -> subprocess.CompletedProcess:
+        return _train(
             [f"optimizer={n}", f"run_dir={root / n / 'killed'}"], cache_dir, {"KILL_AT": "5"}
         )
-        assert r.returncode == -9, (n, r.returncode, r.stderr[-2000:])
-        assert not (root / n / "killed" / "summary.json").exists()
+
+    # Two processes at once (the references' and one kill at a time): the kills are mostly
+    # start-up, and each run's losses do not depend on what else runs.
+    with ThreadPoolExecutor(2) as pool:
+        ref = pool.submit(_train_all, refs, cache_dir)
+        kills = {n: pool.submit(kill, n) for n in LINEUP}
+        r = ref.result()
+        assert r.returncode == 0, r.stderr[-3000:]
+        for n, f in kills.items():
+            r = f.result()
+            assert r.returncode == -9, (n, r.returncode, r.stderr[-2000:])
+            assert not (root / n / "killed" / "summary.json").exists()
     r = _train_all(
         [[f"optimizer={n}", f"run_dir={root / n / 'killed'}"] for n in LINEUP], cache_dir
     )

@@ -176,6 +176,7 @@ def test_reproduce_extends_a_sweep_whose_best_is_on_the_edge(tmp_path, monkeypat
     (the bowl's optimum is at lr 0.1), stops once it is interior, and phase 2 runs at the
     extended best."""
     import math
+    from concurrent.futures import Future
 
     from scripts.experiments import reproduce
 
@@ -184,13 +185,27 @@ def test_reproduce_extends_a_sweep_whose_best_is_on_the_edge(tmp_path, monkeypat
     def lr_of(cmd):
         return float(next(a for a in cmd if a.startswith("optimizer.lr=")).split("=")[1])
 
-    def fake_run_all(cmds, args):
-        ran.extend(cmds)
+    class Ran:  # the protocol's runs, recorded and "finished" at once
+        def __init__(self, *a):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            pass
+
+        def submit(self, cmd):
+            ran.append(cmd)
+            f = Future()
+            f.set_result(0)
+            return f
 
     def bowl(cmd):
         return 3.0 + (math.log10(lr_of(cmd)) + 1.0) ** 2
 
-    monkeypatch.setattr(reproduce, "_run_all", fake_run_all)
+    monkeypatch.setattr(reproduce, "Commands", Ran)
+    monkeypatch.setattr(reproduce, "preflight", lambda cmds, world: None)
     monkeypatch.setattr(reproduce, "_final_loss", bowl)
     monkeypatch.setattr(reproduce, "_run", lambda cmd, dry: None)
     monkeypatch.setattr(reproduce.subprocess, "call", lambda cmd: 0)
@@ -201,3 +216,9 @@ def test_reproduce_extends_a_sweep_whose_best_is_on_the_edge(tmp_path, monkeypat
     assert full == [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316]  # then 0.1 is interior
     frac = [lr_of(c) for c in ran if "train.fraction=0.5" in c]
     assert frac == [0.1]
+    # Each run's record says which preset and phase produced it.
+    phases = [next(a for a in c if a.startswith("protocol.phase=")) for c in ran]
+    assert phases == ["protocol.phase=sweep"] * 3 + ["protocol.phase=extend"] * 3 + [
+        "protocol.phase=fractions"
+    ]
+    assert all("protocol.preset=demo" in c for c in ran)

@@ -16,12 +16,29 @@ def test_paper_study_plan_equals_the_four_presets_plans(capsys):
     assert reproduce.main(["--study", "paper", "--plan"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("study paper: 4 experiments, 84 runs, ~1.93e+03 H100-hours")
-    got = [ln.split("] ", 1)[1] for ln in lines[:-1]]
     want = []
     for e in study.load("paper"):
         assert reproduce.main([e.preset, "--plan"]) == 0
-        want.append(capsys.readouterr().out.strip().splitlines()[-1])
-    assert got == want
+        want.append(f"[{e.name}] " + capsys.readouterr().out.strip())
+    assert "\n".join(lines[:-1]) == "\n".join(want)
+    assert "20 tokens per non-embedding parameter" in want[0] and "output layer 11%" in want[0]
+
+
+def test_a_study_mixing_tokens_per_parameter_says_so_unless_allowed(tmp_path, monkeypatch, capsys):
+    """Size confounded with run length (the old cpu_ladder: fixed steps at every size) is one
+    line and exit 2; ``--allow-mixed-tokens-per-param`` lets it run."""
+    (tmp_path / "mixed.yaml").write_text(
+        "experiments:\n"
+        "  - {name: a, preset: ladder, overrides: [model=ladder12k]}\n"
+        "  - {name: b, preset: ladder, overrides: [model=ladder12k, train.tokens_per_param=5]}\n"
+    )
+    monkeypatch.setattr(study, "STUDIES", tmp_path)
+    assert reproduce.main(["--study", "mixed", "--plan"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: study mixed: its experiments differ in tokens per")
+    assert "a: 20, b: 5" in err[-1] and "--allow-mixed-tokens-per-param" in err[-1]
+    assert reproduce.main(["--study", "mixed", "--plan", "--allow-mixed-tokens-per-param"]) == 0
+    assert reproduce.main(["--study", "cpu_ladder", "--plan"]) == 0  # held at 20
 
 
 def test_bad_studies_are_one_line_errors(tmp_path, monkeypatch):

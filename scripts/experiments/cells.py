@@ -1,17 +1,18 @@
 """Independent training runs at once, so CPU experiments use the whole machine.
 
-Small runs use many cores poorly, so on a many-core machine several runs at once, each with
-``cpu_count // jobs`` threads, finish sooner than one after another on every core. On the
-2-core machine here it is a wash (two demo runs: 131 s two at once with one thread each, 137 s
-one after another with two threads; 2026-12-02, Intel Xeon VM), so the demo's default is one
-run per 4 cores.
+Small runs use many cores poorly, so several runs at once, each with ``cpu_count // jobs``
+threads, finish sooner than one after another on every core. Measured on the 2-core machine
+here (2026-12-04, AMD EPYC, the demo's 107k model, compiled): one run with 2 threads took
+72 ms per 4,096-token step; two at once with one thread each, 93 ms each, so 1.55x the
+throughput (the demo's default: one run per core). On the old tiny-model demo (Intel Xeon,
+2026-12-02) it was a wash (131 s against 137 s).
 
 Two engines, one for each kind of run:
 
 * :class:`InProcess` (the demo): ``jobs`` worker processes from
   :class:`concurrent.futures.ProcessPoolExecutor`, each training one run at a time in-process
   (no start-up per run). ``jobs=1`` trains in this very process, as before.
-* :func:`run_commands` (``scripts.reproduce --jobs N``): training commands, at most ``jobs``
+* :class:`Commands` (``scripts.reproduce --jobs N``): training commands, at most ``jobs``
   at a time. One-process runs (``python -m scripts.train ...``) train inside ``jobs`` workers
   as above, never in the driver (a CPU study's many short runs would otherwise spend ~10 s
   each starting up);
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 CONCURRENT_ENV = "SOAP_BENCH_CONCURRENT_RUNS"
@@ -217,6 +218,94 @@ def train(overrides: list[str]) -> int:
         return 1
 
 
+PLAIN = [sys.executable, "-m", "scripts.train"]
+
+
+class Commands:
+    """Training commands as futures of their exit codes, at most ``jobs`` at once, each in a
+    slot (:func:`slot_env`; ``jobs=1``: the caller's environment). One-process runs
+    (``python -m scripts.train ...``) train inside ``jobs`` pool workers (:class:`InProcess`,
+    not in the driver: a crash stays a result); launched runs (torchrun) run as commands,
+    through ``call`` (default :func:`subprocess.call`). Once a run exits with ``stop_on`` (the
+    trainer's configuration exit, 2: it could not start), no further run starts: their
+    futures are cancelled."""
+
+    def __init__(
+        self,
+        jobs: int,
+        gpus_per_run: int = 0,
+        call: Callable[[list[str], dict[str, str]], int] | None = None,
+        stop_on: int = 2,
+    ) -> None:
+        self.jobs, self.gpus, self.call, self.stop_on = jobs, gpus_per_run, call, stop_on
+        self.stopped = threading.Event()
+        self._cells: InProcess | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots: queue.Queue[int] = queue.Queue()
+        for s in range(jobs):
+            self._slots.put(s)
+        self._futures: list[Future] = []
+
+    def submit(self, cmd: list[str]) -> Future:
+        if self.call is None and cmd[:3] == PLAIN:
+            if self._cells is None:
+                self._cells = InProcess(self.jobs, here=False)
+            f = self._cells.submit(train, cmd[3:])
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.jobs)
+            f = self._pool.submit(self._one, cmd)
+        self._futures.append(f)
+        f.add_done_callback(self._check)
+        return f
+
+    def _check(self, f: Future) -> None:
+        if not f.cancelled() and f.exception() is None and f.result() == self.stop_on:
+            self.stopped.set()
+            for g in self._futures:
+                g.cancel()
+
+    def _one(self, cmd: list[str]) -> int:
+        if self.stopped.is_set():
+            raise CancelledError
+        s = self._slots.get()
+        try:
+            if self.stopped.is_set():
+                raise CancelledError
+            env = dict(os.environ)
+            if self.jobs > 1:
+                env |= slot_env(self.jobs, s, self.gpus, procs_per_run(cmd))
+            return (self.call or _call)(cmd, env)
+        finally:
+            self._slots.put(s)
+
+    def close(self, cancel: bool = False) -> None:
+        if self._cells is not None:
+            self._cells.close(cancel)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> Commands:
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt) and self._cells:
+            self._cells.interrupt()
+        self.close(cancel=kind is not None)
+
+
+def _call(cmd: list[str], env: dict[str, str]) -> int:
+    return subprocess.call(cmd, env=env)
+
+
+def exit_code(f: Future) -> int:
+    """A finished command's exit code; :data:`NOT_STARTED` when it was cancelled."""
+    try:
+        return f.result()
+    except CancelledError:
+        return NOT_STARTED
+
+
 def run_commands(
     commands: Iterable[list[str]],
     jobs: int,
@@ -224,57 +313,8 @@ def run_commands(
     call: Callable[[list[str], dict[str, str]], int] | None = None,
     stop_on: int = 2,
 ) -> list[int]:
-    """Each command's exit code, in order; at most ``jobs`` run at once, each in a slot
-    (:func:`slot_env`). ``jobs=1`` runs them one after another with the caller's
-    environment, as before. A run that exits with ``stop_on`` (the trainer's configuration
-    exit, 2: it could not start) starts no further run; those that did not start get
-    :data:`NOT_STARTED`."""
-    cmds = list(commands)
-    plain = [sys.executable, "-m", "scripts.train"]
-    if call is None and all(c[:3] == plain for c in cmds):
-        with InProcess(jobs, here=False) as cells:  # not in the driver: a crash stays a result
-            futures = [cells.submit(train, c[3:]) for c in cmds]
-            codes = []
-            for f in futures:
-                if f.cancelled():
-                    codes.append(NOT_STARTED)
-                    continue
-                codes.append(f.result())
-                if codes[-1] == stop_on:
-                    for g in futures:
-                        g.cancel()
-            return codes
-
-    def default_call(cmd: list[str], env: dict[str, str]) -> int:
-        return subprocess.call(cmd, env=env)
-
-    call = call or default_call
-    stopped = threading.Event()
-    if jobs <= 1:
-        codes = []
-        for c in cmds:
-            codes.append(NOT_STARTED if stopped.is_set() else call(c, dict(os.environ)))
-            if codes[-1] == stop_on:
-                stopped.set()
-        return codes
-    slots: queue.Queue[int] = queue.Queue()
-    for s in range(jobs):
-        slots.put(s)
-
-    def one(cmd: list[str]) -> int:
-        if stopped.is_set():
-            return NOT_STARTED
-        s = slots.get()
-        if stopped.is_set():
-            slots.put(s)
-            return NOT_STARTED
-        try:
-            code = call(cmd, {**os.environ, **slot_env(jobs, s, gpus_per_run, procs_per_run(cmd))})
-            if code == stop_on:
-                stopped.set()
-            return code
-        finally:
-            slots.put(s)
-
-    with ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(one, cmds))
+    """Each command's exit code, in order, through :class:`Commands`; those that did not
+    start after one could not get :data:`NOT_STARTED`."""
+    with Commands(jobs, gpus_per_run, call, stop_on) as ex:
+        futures = [ex.submit(c) for c in commands]
+        return [exit_code(f) for f in futures]

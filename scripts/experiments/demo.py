@@ -1,38 +1,40 @@
-"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~13 min on 2 cores).
+"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~15 min on 2 cores).
 
-The regime (``configs/experiment/demo.yaml``), chosen before looking at which optimizer wins:
-the tiny model; 48 x 128 = 6,144 tokens per step (large relative to the model, as the paper's
-large batch); one pass over the embedded corpus's training split (68 steps); precondition
-frequency 10; cosine schedule with 10% warmup; evaluation every 4 steps on a fixed set
-(a schedule-fraction run: at its end only, :func:`scripts.experiments.plan.cell_overrides`).
+The regime (``configs/experiment/demo.yaml``; README, "The CPU regime"), at the paper's
+proportions where a 2-core machine allows: the 107k-parameter model at 20 tokens per
+non-embedding parameter (523 steps of 32 x 128 tokens, 1.4 passes over the embedded corpus's
+training split), a byte-level vocabulary (output layer 15% of the non-embedding parameters;
+paper 11%), precondition frequency 10, cosine schedule with 10% warmup, 50 evaluations per
+run on a fixed set (a schedule-fraction run: at its end only,
+:func:`scripts.experiments.plan.cell_overrides`).
 
-The protocol, the paper's in miniature: every optimizer sweeps the same half-decade LR grid at
-full length (extended by one value when the best sits on its edge); its best LR is then run
-with two more seeds (3 in all: model initialisation and data order) and at schedule fractions
-0.4, 0.6 and 0.8 (each with its own full cosine schedule) for the power-law fit; then the
-report and the dashboard. Runs that do not wait on each other may run at once (``--jobs``;
-by default one run per 4 cores, so one at a time here: :mod:`scripts.experiments.cells`), each timed on its
-own and recorded with the concurrency it ran under. The report checks the regime's criteria (best LR interior, no eval
-loss of a best-LR run above its first) and says which savings are significant.
+The protocol (:mod:`scripts.experiments.protocol`, the paper's in miniature): every optimizer
+sweeps the same half-decade LR grid at full length (extended by one value when the best sits
+on its edge); its best LR is then run with two more seeds (3 in all: model initialisation and
+data order) and at schedule fractions 0.4, 0.6 and 0.8 (each with its own full cosine
+schedule) for the power-law fit; then the report and the dashboard. Runs that do not wait on
+each other run at once (``--jobs``; by default one per core, each with one thread:
+:mod:`scripts.experiments.cells`), each timed on its own and recorded with the concurrency it
+ran under. The report checks the regime's criteria (best LR interior, no eval loss of a
+best-LR run above its first) and says which savings are significant.
 ``--quick`` runs a few steps per cell (the CI smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
+from scripts.experiments import protocol
 from scripts.experiments.cells import InProcess, threads_per_run, train
-from scripts.experiments.plan import cell_overrides
-from scripts.measures import best_lr, edge_extension
+from scripts.experiments.protocol import CannotStart, Cell
 
 REPO = Path(__file__).resolve().parents[2]
+PRESET = "demo"  # configs/experiment/demo.yaml
 OPTIMIZERS = ("adamw", "shampoo", "soap")
 GRID = [3.16e-3, 1e-2, 3.16e-2]  # the same half-decade grid for every optimizer
 # `make lineup`: the field's optimizers under the same protocol (configs/optimizer/<name>.yaml).
@@ -68,76 +70,29 @@ QUICK = {
 }
 
 
-def run_cell(
-    out: Path, optimizer: str, lr: float, fraction: float, seed: int, plan: dict, extra: list[str]
-) -> float | None:
+def run_cell(out: Path, cell: Cell, extra: list[str]) -> float | None:
     """One training run, in this process (saves ~10 s of start-up per run; peak memory is
     still per run, see ``scripts.trainer.memory.reset_peak_memory``). A failing run is reported
-    as crashed and the demo goes on; Ctrl-C stops the whole demo."""
+    as crashed and the demo goes on; a configuration that cannot start stops it (exit 2);
+    Ctrl-C stops the whole demo."""
     from scripts.record import RunRecord
-    from scripts.trainer import EXIT_INTERRUPTED
+    from scripts.trainer import EXIT_CONFIG, EXIT_INTERRUPTED
 
-    run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}_seed{seed}"
-    overrides = [
-        "experiment=demo",
-        *plan["overrides"],
-        *cell_overrides(optimizer, lr, fraction, seed, run_dir),
-        *extra,
-    ]
+    run_dir = out / cell.optimizer / cell.name()
     if STOP.requested:  # a Ctrl-C that landed between runs (see main)
         raise KeyboardInterrupt
-    code = train(overrides)  # a crash is exit 1: the report counts it as not reached
+    code = train([*extra, *cell.overrides(PRESET, run_dir)])  # the protocol's own last
     if code == EXIT_INTERRUPTED or STOP.requested:
         raise KeyboardInterrupt  # the trainer saved a checkpoint: stop the whole demo
-    if code:
+    if code == EXIT_CONFIG:
+        raise CannotStart(f"{run_dir} could not start (its error is above)")
+    if code:  # a crash is exit 1: the report counts it as not reached
         print(
             f"demo: run {run_dir} ended with exit code {code}; it counts as not reached",
             file=sys.stderr,
         )
     rec = RunRecord.read(run_dir)
     return rec.final_eval_loss if rec is not None and rec.completed else None
-
-
-def protocol(cells: InProcess, out: Path, plan: dict, extra: list[str]) -> dict[str, float]:
-    """Every optimizer's LR sweep at full length (seed 0, extended while the best sits on an
-    edge), then its best LR with more seeds and at the schedule fractions. Runs that do not
-    wait on each other go to ``cells`` together: each optimizer's follow-up runs start as soon
-    as its own sweep is done. Returns the best LR per optimizer (none: nothing finite)."""
-    sweeps: dict[Future, tuple[str, float]] = {}
-    optimizers = plan["optimizers"]
-    losses: dict[str, dict[float, float | None]] = {o: {} for o in optimizers}
-    extended = dict.fromkeys(optimizers, 0)
-    follow: list[Future] = []
-    best: dict[str, float] = {}
-
-    def sweep_cell(opt: str, lr: float) -> None:
-        sweeps[cells.submit(run_cell, out, opt, lr, 1.0, 0, plan, extra)] = (opt, lr)
-
-    for opt in optimizers:
-        for lr in plan["lrs"][opt]:
-            sweep_cell(opt, lr)
-    while sweeps:
-        done, _ = wait(list(sweeps), return_when=FIRST_COMPLETED)
-        for f in done:
-            opt, lr = sweeps.pop(f)
-            losses[opt][lr] = f.result()
-            if any(o == opt for o, _ in sweeps.values()):
-                continue  # its sweep is still running
-            nxt = edge_extension(losses[opt].items())
-            if nxt is not None and extended[opt] < plan["max_extend"]:
-                extended[opt] += 1
-                print(f"demo: best {opt} lr is on the grid's edge; adding lr {nxt:g}", flush=True)
-                sweep_cell(opt, nxt)
-                continue
-            found = best_lr(losses[opt].items())
-            if found is None or not math.isfinite(found[1]):
-                continue
-            best[opt] = found[0]
-            follow += [cells.submit(run_cell, out, opt, found[0], 1.0, s, plan, extra) for s in plan["seeds"]]  # fmt: skip
-            follow += [cells.submit(run_cell, out, opt, found[0], fr, 0, plan, extra) for fr in plan["fractions"]]  # fmt: skip
-    for f in follow:
-        f.result()
-    return best
 
 
 class _Stop:
@@ -176,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--jobs",
         type=int,
-        default=max(1, min(8, (os.cpu_count() or 1) // 4)),
-        help="runs at once, each with cpu_count/jobs threads (default: one per 4 cores, "
-        "at most 8; on 2 cores two at once measured no faster, see scripts/experiments/cells.py)",
+        default=max(1, min(8, os.cpu_count() or 1)),
+        help="runs at once, each with cpu_count/jobs threads (default: one per core, at most "
+        "8; on 2 cores two at once train 1.5x the tokens per second of one with both cores, "
+        "see scripts/experiments/cells.py)",
     )
     ap.add_argument(
         "overrides",
@@ -219,24 +175,37 @@ def compile_overrides() -> list[str]:
 
 def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     plan = QUICK if args.quick else FULL
-    plan = {**plan, "optimizers": list(args.optimizers), "lrs": dict(plan["lrs"])}
-    for o in args.optimizers:  # one from outside the lineup: the common grid
-        plan["lrs"].setdefault(o, [GRID[1]] if args.quick else GRID)
+    lrs = {o: plan["lrs"].get(o, [GRID[1]] if args.quick else GRID) for o in args.optimizers}
     check_optimizers(args.optimizers)
+    over = ["experiment=demo", *plan["overrides"]]
     if not args.quick:  # a few steps per run: compiling would cost more than it saves
-        plan = {**plan, "overrides": [*compile_overrides(), *plan["overrides"]]}
+        over = [*compile_overrides(), *over]
+    proto = protocol.Protocol(
+        preset=PRESET,
+        optimizers=list(args.optimizers),
+        lrs=lrs,
+        seeds=[0],
+        best_seeds=plan["seeds"],
+        fractions=plan["fractions"],
+        max_extend=plan["max_extend"],
+    )
     out = Path(args.out)
     t0 = time.time()
-    n = sum(len(plan["lrs"][o]) for o in args.optimizers) + len(args.optimizers) * (
-        len(plan["seeds"]) + len(plan["fractions"])
-    )
-    print(f"demo: {n} runs (more if a grid needs extending) into {out}", flush=True)
+    print(f"demo: {proto.count()} runs (more if a grid needs extending) into {out}", flush=True)
     print(
         f"demo: {args.jobs} run(s) at once, {threads_per_run(args.jobs)} thread(s) each",
         flush=True,
     )
-    with InProcess(args.jobs) as cells:
-        protocol(cells, out, plan, args.overrides)
+    try:
+        with InProcess(args.jobs) as cells:
+            protocol.run(
+                proto,
+                lambda c: cells.submit(run_cell, out, c, [*over, *args.overrides]),
+                log=lambda m: print(m, flush=True),
+            )
+    except CannotStart as e:
+        print(f"demo: {e}; no further run started: fix the configuration", file=sys.stderr)
+        return 2
     from scripts.report import write_report
 
     cmd = "python -m scripts.demo " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from models.presets import get_preset
+from models.presets import PAPER_VOCAB, get_preset
 from scripts.config import CONFIGS, compose, error_line
+from scripts.trainer.checks import total_steps
 
 PEAK, MFU = 989e12, 0.4
 
@@ -48,23 +49,102 @@ def cell_overrides(
     ]
 
 
+def output_vocab(cfg: Any) -> int | None:
+    """The output layer's rows: the BPE's size, the paper's T5 vocabulary for ``t5``
+    tokenizers, else unknown (None) until the tokenizer is loaded."""
+    tok = cfg.data.tokenizer
+    if tok.kind == "bpe":
+        return int(tok.vocab_size)
+    return PAPER_VOCAB if "t5" in str(tok.name or "") else None
+
+
+def train_tokens(cfg: Any) -> int | None:
+    """Training tokens of the run's data when they are known without preparing anything: the
+    manifest of data already prepared in the cache (``scripts.prepare``), else None."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from data.prepare import prepared_root
+
+    if cfg.data.mode != "prepared":
+        return None
+    try:
+        root = prepared_root(OmegaConf.to_object(cfg.data), cfg.regime.seq_len, cfg.cache_dir)
+        manifest = json.loads((root / "manifest.json").read_text())
+        return int(manifest["splits"]["train"]["sequences"]) * int(cfg.regime.seq_len)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def param_shapes(preset: Any, vocab: int, qk_norm: bool = True) -> list[tuple[int, ...]]:
+    """The shapes of a preset's parameters (models/build.py: OLMo-2 layers, untied input and
+    output embeddings), without building the model."""
+    d, f = preset.d_model, preset.d_ff
+    layer = [(d, d)] * 4 + [(f, d), (f, d), (d, f)] + [(d,)] * (4 if qk_norm else 2)
+    return [(vocab, d), *layer * preset.n_layers, (d,), (vocab, d)]
+
+
+def optimizer_flop_share(cfg: Any, name: str) -> float:
+    """FLOPs of ``name``'s step (SOAP or Shampoo, at the regime's precondition frequency and
+    dimension cap, refreshes amortised: :meth:`soap._base.PreconditionedOptimizer.param_cost`)
+    over the model's FLOPs per step (6 x matmul parameters x tokens, plus attention's
+    12 x layers x seq_len x d_model per token). The paper's 360m at 256k tokens: under 2%."""
+    import torch
+
+    from soap import SOAP, Shampoo
+
+    p = get_preset(cfg.model.preset)
+    vocab = output_vocab(cfg) or PAPER_VOCAB
+    r = cfg.regime
+    if name == "soap":
+        opt = SOAP([torch.zeros(1)], precondition_frequency=r.precondition_frequency,
+                   max_precond_dim=r.max_precond_dim)  # fmt: skip
+    else:
+        opt = Shampoo([torch.zeros(1)], precondition_frequency=r.precondition_frequency,
+                      max_preconditioner_dim=r.max_precond_dim)  # fmt: skip
+    group = opt.param_groups[0]
+    flops = sum(
+        opt.param_cost(torch.empty(s, device="meta"), group)[0]
+        for s in param_shapes(p, vocab, cfg.model.qk_norm)
+    )
+    tokens = r.global_batch * r.seq_len
+    n = p.non_embedding_params(cfg.model.qk_norm) + vocab * p.d_model
+    model = 6 * n * tokens + 12 * p.n_layers * r.seq_len * p.d_model * tokens
+    return flops / model
+
+
 def plan(preset: str, fractions: list[float], extra: list[str] | None = None) -> dict:
+    """The experiment's budget and the proportions the CPU regime keeps from the paper
+    (README, "The CPU regime"): tokens per non-embedding parameter (paper 20), passes over the
+    training data (paper: under 1; here at most 4), the output layer's share of the
+    non-embedding parameters (paper 360m: 32100 x 1280 / 360M = 11%), tokens per step per
+    parameter (paper 360m: 0.0058 at 2M, 0.00073 at 256k) and precondition frequency x tokens
+    per step (paper: 10 x 2M = 80 x 256k = 21M tokens between eigenbasis refreshes)."""
     cfg = preset_cfg(preset, extra)
     p = get_preset(cfg.model.preset)
-    tokens = cfg.train.tokens_per_param * p.non_embedding_params(cfg.model.qk_norm)
-    if cfg.train.max_steps:
-        tokens = cfg.train.max_steps * cfg.regime.global_batch * cfg.regime.seq_len
+    n = p.non_embedding_params(cfg.model.qk_norm)
     per_step = cfg.regime.global_batch * cfg.regime.seq_len
-    steps = round(tokens / per_step)
+    steps, _ = total_steps(cfg, n)
+    tokens = steps * per_step
     hours = 6 * p.total_params() * tokens / (PEAK * MFU) / 3600
+    vocab = output_vocab(cfg)
+    data = train_tokens(cfg)
     return {
         "preset": preset,
         "model": cfg.model.preset,
         "regime": cfg.regime.name,
-        "non_embedding_params": p.non_embedding_params(),
+        "non_embedding_params": n,
         "tokens": tokens,
+        "tokens_per_param": tokens / n,
+        "passes": tokens / data if data else None,
+        "output_share": vocab * p.d_model / n if vocab else None,
         "tokens_per_step": per_step,
+        "tokens_per_step_per_param": per_step / n,
+        "precondition_frequency": int(cfg.regime.precondition_frequency),
+        "tokens_between_refreshes": int(cfg.regime.precondition_frequency) * per_step,
         "steps": steps,
+        "soap_flop_share": optimizer_flop_share(cfg, "soap"),
         "h100_hours_full_run": hours,
         "h100_hours_fraction_runs": hours * sum(f for f in fractions if f < 1.0),
     }
@@ -84,12 +164,26 @@ def _tokens(n: float) -> str:
     return f"{n / 1e9:.3g}B" if n >= 1e8 else f"{n / 1e6:.3g}M"
 
 
+def regime_line(pl: dict) -> str:
+    """The proportions of :func:`plan`, in one line."""
+    share = f"{pl['output_share']:.0%}" if pl["output_share"] is not None else "unknown"
+    passes = f"{pl['passes']:.2g}" if pl["passes"] is not None else "unknown until prepared"
+    return (
+        f"  {pl['tokens_per_param']:.3g} tokens per non-embedding parameter, {passes} passes "
+        f"over the training data, output layer {share} of the non-embedding parameters, "
+        f"{pl['tokens_per_step_per_param']:.2g} tokens per step per parameter, precondition "
+        f"frequency {pl['precondition_frequency']} ({pl['tokens_between_refreshes']:,} tokens "
+        f"between refreshes, {pl['steps'] / pl['precondition_frequency']:.0f} per run); "
+        f"SOAP's step {pl['soap_flop_share']:.2%} of the model's FLOPs per step"
+    )
+
+
 def plan_line(pl: dict, n_runs: int, hours: float) -> str:
     return (
-        f"{pl['preset']}: model {pl['model']} ({pl['non_embedding_params'] / 1e6:.1f}M "
+        f"{pl['preset']}: model {pl['model']} ({pl['non_embedding_params'] / 1e6:.3g}M "
         f"non-embedding), regime {pl['regime']}, {_tokens(pl['tokens'])} tokens "
         f"({pl['tokens'] / pl['non_embedding_params']:.2g} per non-embedding parameter) = "
         f"{pl['steps']} iterations of {pl['tokens_per_step']:,} tokens; "
         f"~{pl['h100_hours_full_run']:.3g} H100-hours per full-length run (estimate), "
-        f"{n_runs} runs, ~{hours:.3g} H100-hours in all"
+        f"{n_runs} runs, ~{hours:.3g} H100-hours in all\n{regime_line(pl)}"
     )

@@ -25,17 +25,23 @@ token at 40% of 989 bf16 TFLOP/s: an estimate, not a measurement). ``--slurm`` l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
+from scripts.experiments import protocol
+from scripts.experiments.cells import NOT_STARTED, Commands, exit_code
 from scripts.experiments.launch import head_node, launch, sbatch_script
-from scripts.experiments.plan import budget, cell_overrides, plan, plan_line, preset_cfg
-from scripts.measures import best_lr, edge_extension
+from scripts.experiments.plan import budget, plan, plan_line, preset_cfg
+from scripts.experiments.protocol import CannotStart, Cell, Protocol
 from scripts.record import RunRecord
+from scripts.trainer.checks import EXIT_CONFIG
 
 QUICK = ["train.max_steps=8", "train.eval_every=4", "train.checkpoint_every=4"]
 
@@ -54,10 +60,7 @@ def rehearsal_data(cache_dir: str, write: bool = True) -> list[str]:
 
 def train_cmd(
     preset: str,
-    optimizer: str,
-    lr: float,
-    fraction: float,
-    seed: int,
+    cell: Cell,
     gpus: int,
     out: Path,
     extra: list[str],
@@ -65,15 +68,16 @@ def train_cmd(
     restarts: int = 0,
     head: str = "localhost",
 ) -> list[str]:
-    run_dir = out / optimizer / f"lr{lr:g}_frac{fraction:g}_seed{seed}"
-    launcher = launch(gpus, nodes, restarts, f"{optimizer}-{lr:g}-{fraction:g}-{seed}", head)
+    run_dir = out / cell.optimizer / cell.name()
+    name = f"{cell.optimizer}-{cell.lr:g}-{cell.fraction:g}-{cell.seed}"
+    launcher = launch(gpus, nodes, restarts, name, head)
     return [
         *launcher,
         "scripts.train",
         f"experiment={preset}",
         "train.progress=false",
         *extra,
-        *cell_overrides(optimizer, lr, fraction, seed, run_dir),  # last: the protocol's own
+        *cell.overrides(preset, run_dir),  # last: the protocol's own
     ]
 
 
@@ -107,30 +111,34 @@ def _final_loss(cmd: list[str]) -> float | None:
     return rec.final_eval_loss if rec is not None and rec.completed else None
 
 
-def _run_all(cmds: list[list[str]], args: argparse.Namespace) -> None:
-    """Runs that do not wait on each other: ``--jobs`` at a time (:mod:`scripts.experiments.cells`)."""
-    for cmd in cmds:
-        print("+", shlex.join(cmd), flush=True)
-    if args.dry_run or not cmds:
-        return
-    from scripts.experiments.cells import NOT_STARTED, run_commands
-    from scripts.trainer.checks import EXIT_CONFIG
+def submitter(ex: Commands | None, cmd_for: Callable[[Cell], list[str]]) -> Callable:
+    """The protocol's ``submit``: each run's command printed, then run by ``ex`` (None: a dry
+    run, nothing runs); its future holds the run's final eval loss (None: crashed, diverged
+    or not reached), or :class:`CannotStart` when it exited with the trainer's configuration
+    code or was not started after such a run."""
 
-    preflight(cmds, args.gpus * args.nodes)
-    codes = run_commands(cmds, args.jobs, args.gpus)
-    if EXIT_CONFIG in codes:
-        cmd = cmds[codes.index(EXIT_CONFIG)]
+    def submit(cell: Cell) -> Future:
+        cmd = cmd_for(cell)
+        print("+", shlex.join(cmd), flush=True)
+        out: Future = Future()
+        if ex is None:
+            out.set_result(None)
+            return out
         run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
-        print(
-            f"reproduce: {run_dir} could not start (its error is above); "
-            f"{codes.count(NOT_STARTED)} further run(s) not started: fix the configuration",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
-    for cmd, code in zip(cmds, codes, strict=True):
-        if code:
-            run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
-            print(f"reproduce: {run_dir} ended with exit code {code}; it counts as not reached")
+
+        def done(f: Future) -> None:
+            code = exit_code(f)
+            if code in (EXIT_CONFIG, NOT_STARTED):
+                out.set_exception(CannotStart(f"{run_dir} could not start (its error is above)"))
+                return
+            if code:
+                print(f"reproduce: {run_dir} ended with exit code {code}; it counts as not reached")
+            out.set_result(_final_loss(cmd))
+
+        ex.submit(cmd).add_done_callback(done)
+        return out
+
+    return submit
 
 
 def default_gpus(args: argparse.Namespace) -> int:
@@ -230,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="one node: phase 1 via Hydra multirun + submitit; --nodes N: one sbatch job",
     )
+    ap.add_argument(
+        "--allow-mixed-tokens-per-param",
+        action="store_true",
+        help="--study: run a study whose experiments differ in tokens per parameter (size "
+        "confounded with run length; refused otherwise)",
+    )
     ap.add_argument("--nodes", type=int, default=1, help="nodes per run (srun + c10d rendezvous)")
     ap.add_argument(
         "--tune",
@@ -314,43 +328,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     tuned = tune_phase(args, out, extra) if args.tune == "full" else {}
 
-    def cmd_for(opt: str, lr: float, frac: float, seed: int) -> list[str]:
-        more = [*extra, *tuned[opt]["overrides"]] if opt in tuned else extra
-        return train_cmd(
-            args.preset, opt, lr, frac, seed, args.gpus, out, more, args.nodes, restarts, head
-        )
+    def cmd_for(cell: Cell) -> list[str]:
+        o = cell.optimizer
+        more = [*extra, *tuned[o]["overrides"]] if o in tuned else extra
+        return train_cmd(args.preset, cell, args.gpus, out, more, args.nodes, restarts, head)
 
-    # Phase 1: LR sweep at full length (with full tuning: the tuned settings instead).
-    sweep: dict[str, list[tuple[float, list[str]]]] = {}
-    for opt in args.optimizers:
-        lrs = [tuned[opt]["lr"]] if opt in tuned else args.lrs
-        seeds = [args.seeds[0]] if opt in tuned else args.seeds
-        sweep[opt] = [(lr, cmd_for(opt, lr, 1.0, s)) for lr in lrs for s in seeds]
-    _run_all([c for cells in sweep.values() for _, c in cells], args)
-    for _ in range(0 if args.dry_run else args.extend):  # a best LR on its grid's edge
-        more = []
-        for opt, cells in sweep.items():
-            nxt = None if opt in tuned else edge_extension((lr, _final_loss(c)) for lr, c in cells)
-            if nxt is not None and nxt not in {lr for lr, _ in cells}:
-                print(f"reproduce: best {opt} LR is on its grid's edge; adding lr {nxt:g}")
-                new = [(nxt, cmd_for(opt, nxt, 1.0, s)) for s in args.seeds]
-                cells += new
-                more += [c for _, c in new]
-        if not more:
-            break
-        _run_all(more, args)
-    best: dict[str, float] = {}
-    for opt, cells in sweep.items():
-        found = best_lr([(lr, None if args.dry_run else _final_loss(c)) for lr, c in cells])
-        if opt in tuned or found is not None:
-            best[opt] = tuned[opt]["lr"] if opt in tuned else found[0]
-    # Phase 2: each best LR (or tuned setting) with more seeds and at the schedule fractions.
-    more = []
-    for opt in args.optimizers:
-        lr = best.get(opt, args.lrs[len(args.lrs) // 2])
-        more += [cmd_for(opt, lr, 1.0, s) for s in args.best_seeds if s not in args.seeds]
-        more += [cmd_for(opt, lr, f, s) for f in args.fractions for s in args.seeds]
-    _run_all(more, args)
+    # Phases 1 and 2: the protocol (scripts/experiments/protocol.py).
+    proto = Protocol(
+        preset=args.preset,
+        optimizers=list(args.optimizers),
+        lrs={o: list(args.lrs) for o in args.optimizers},
+        seeds=list(args.seeds),
+        best_seeds=list(args.best_seeds),
+        fractions=list(args.fractions),
+        max_extend=args.extend,
+        tuned={o: t["lr"] for o, t in tuned.items()},
+    )
+    if not args.dry_run:  # every optimizer's configuration, checked before any run starts
+        preflight([cmd_for(Cell(o, args.lrs[0], 1.0, 0, "sweep")) for o in args.optimizers],
+                  args.gpus * args.nodes)  # fmt: skip
+    try:
+        with contextlib.ExitStack() as stack:
+            ex = None if args.dry_run else stack.enter_context(Commands(args.jobs, args.gpus))
+            protocol.run(proto, submitter(ex, cmd_for), log=print, dry=args.dry_run)
+    except CannotStart as e:
+        print(f"reproduce: {e}; no further run started: fix the configuration", file=sys.stderr)
+        return 2
     # Phase 3: the report.
     if args.dry_run:
         return 0

@@ -23,6 +23,7 @@ from scripts.config import CONFIGS
 from scripts.experiments.plan import budget, plan, plan_line
 
 STUDIES = CONFIGS / "study"
+MIXED = 1.1  # tokens per parameter differing by more than this factor: a confounded study
 
 
 @dataclass
@@ -80,11 +81,26 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     exps = load(args.study)
     out = Path(args.out or f"results/runs/study-{args.study}")
     runs, hours = 0, 0.0
+    per_param = {}
     for e in exps:
         pl = plan(e.preset, args.fractions, [*e.overrides, *args.overrides])
         n, h = budget(pl, args)
         print(f"[{e.name}] {plan_line(pl, n, h)}", flush=True)
         runs, hours = runs + n, hours + h
+        per_param[e.name] = pl["tokens_per_param"]
+    # Tokens per parameter held across sizes (the paper's 20), up to the rounding of steps:
+    # otherwise size is confounded with run length, and the study must say it means that.
+    if max(per_param.values()) > MIXED * min(per_param.values()):
+        each = ", ".join(f"{k}: {v:.3g}" for k, v in per_param.items())
+        line = (
+            f"study {args.study}: its experiments differ in tokens per non-embedding parameter "
+            f"({each}), so size is confounded with run length"
+        )
+        if not args.allow_mixed_tokens_per_param:
+            print(f"error: {line}: hold train.tokens_per_param, or pass "
+                  "--allow-mixed-tokens-per-param", file=sys.stderr)  # fmt: skip
+            return 2
+        print(f"warning: {line} (allowed by --allow-mixed-tokens-per-param)", flush=True)
     print(
         f"study {args.study}: {len(exps)} experiments, {runs} runs, ~{hours:.3g} H100-hours in "
         "all (estimate)",

@@ -100,6 +100,9 @@ def train(config: dict[str, float], seed: int, opt: str, rest: list[str], run_di
 
     cmd = [sys.executable, "-m", "scripts.train", f"optimizer={opt}", *rest]
     cmd += [*cd.overrides(config), f"seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
+    # Provenance (scripts/experiments/protocol.py): the tuning phase of its experiment preset.
+    preset = next((a.split("=", 1)[1] for a in rest if a.startswith("experiment=")), "none")
+    cmd += [f"protocol.preset={preset}", "protocol.phase=tune"]
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent)
     rec = RunRecord.read(run_dir)

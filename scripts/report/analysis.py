@@ -235,8 +235,42 @@ def compare(
         rows.append(row)
     _savings(rows, baseline, own_target)
     c = Comparison(name, target, baseline, rows, sweep, runs, notes, target_given=not own_target)
-    c.notes += regime_checks(c) + timing_checks(c)
+    c.notes += regime_checks(c) + timing_checks(c) + noise_floor(c)
     return c
+
+
+def noise_floor(c: Comparison) -> list[str]:
+    """The smallest iteration saving this comparison could call significant, for the seeds it
+    has. Significance asks the final-loss intervals (mean +- standard deviation) not to overlap,
+    a gap of about two of the baseline's standard deviations; the baseline's own mean curve
+    stays within that gap of the target over its last ``s`` of iterations, and a saving under
+    ``s`` is that much of its curve: seed noise."""
+    base = c.row(c.baseline)
+    if base is None or base.final_eval_loss is None or c.target is None:
+        return []
+    runs = [r for r in c.best_runs(c.baseline) if r.completed and r.eval_history]
+    if len(runs) < 2:
+        return [
+            f"{c.baseline} has one seed at its best LR: no saving can be called significant "
+            "(run more seeds)"
+        ]
+    sd = statistics.stdev(r.final_eval_loss for r in runs)
+    curves = [{e.step: e.eval_loss for e in r.eval_history} for r in runs]
+    steps = sorted(set.intersection(*(set(x) for x in curves)))
+    mean = [
+        {"step": s, "train_seconds": 0.0, "eval_loss": statistics.fmean(x[s] for x in curves)}
+        for s in steps
+    ]
+    at, _ = crossing(mean, c.target + 2 * sd)
+    if not steps or not math.isfinite(at):
+        return []
+    floor = 1 - at / steps[-1]
+    return [
+        f"with {len(runs)} seeds ({c.baseline}'s final-loss standard deviation {sd:.3g}), the "
+        f"smallest saving this report can call significant is about {100 * floor:.0f}%: "
+        f"{c.baseline}'s own mean curve is within 2 standard deviations of the target over its "
+        f"last {100 * floor:.0f}% of iterations"
+    ]
 
 
 def timing_checks(c: Comparison) -> list[str]:

@@ -50,6 +50,8 @@ class StudyRow:
     d_eff: float | None
     d_eff_reason: str | None
     iter_band: tuple[float, float] | None = None  # iterations saved, mean -+ std over seeds
+    passes: float | None = None  # over the training data, full length
+    output_share: float | None = None  # output layer / non-embedding parameters
 
 
 def experiments(study: Path) -> list[tuple[str, Path]]:
@@ -96,6 +98,10 @@ def rows(study: Path, baseline: str = "adamw") -> list[StudyRow]:
                     str(seeds_reached(r.cross_steps.values if r.cross_steps else [])),
                     s_fit.value if s_fit else None, ratio, why,
                     saving_band(r.cross_steps, base.cross_steps if base else None),
+                    full * per_step / rec.train_data_tokens
+                    if rec and rec.train_data_tokens and per_step else None,
+                    (rec.params_total - params) / 2 / params
+                    if rec and rec.params_total and params else None,
                 ))  # fmt: skip
     return out
 
@@ -129,11 +135,13 @@ def table(rs: list[StudyRow]) -> Table:
     return Table(
         "One row per experiment and optimizer (savings against the baseline; * significant)",
         ["experiment", "optimizer", "non-embedding params", "tokens/step", "tokens/param",
-         "iterations saved", "wall-clock saved", "seeds reached", "fit saving",
+         "passes", "output layer", "iterations saved", "wall-clock saved", "seeds reached", "fit saving",
          "effective-data speedup"],
         [[r.experiment, r.optimizer, tables.fmt(r.params / 1e6, 3) + "M" if r.params else "-",
           f"{r.tokens_per_step:,}" if r.tokens_per_step else "-",
-          tables.fmt(r.tokens_per_param, 3), _pct(r.iter_saving) + sig[r.significant],
+          tables.fmt(r.tokens_per_param, 3), tables.fmt(r.passes, 2),
+          f"{r.output_share:.0%}" if r.output_share is not None else "-",
+          _pct(r.iter_saving) + sig[r.significant],
           _pct(r.wall_saving), r.seeds, _pct(r.fit_saving),
           f"{r.d_eff:.2f}x" if r.d_eff is not None else f"not valid ({(r.d_eff_reason or '').split(':')[0]})"]
          for r in rs],

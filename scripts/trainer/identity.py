@@ -31,6 +31,7 @@ NOT_IDENTITY = (
     "resume",
     "cache_dir",
     "experiment_name",
+    "protocol",  # provenance: which preset and phase started the run
     "wandb",
     "train.progress",
     "train.log_every",

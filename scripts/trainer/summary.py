@@ -29,6 +29,8 @@ def summarize(run: Run, status: str, message: str | None) -> RunRecord:
         seed=int(cfg.seed),
         fraction=float(cfg.train.fraction),
         precondition_frequency=int(cfg.regime.precondition_frequency),
+        preset=cfg.protocol.preset,
+        phase=cfg.protocol.phase,
         steps=run.step,
         planned_steps=run.steps,
         full_length_steps=run.full_steps,
@@ -56,6 +58,7 @@ def summarize(run: Run, status: str, message: str | None) -> RunRecord:
         params_total=run.params["total"],
         params_non_embedding=run.params["non_embedding"],
         vocab_size=run.raw_model.get_output_embeddings().weight.shape[0],
+        train_data_tokens=run.data_info.get("train_tokens"),
         eval_history=[EvalPoint(**e) for e in run.eval_history],
         config_changes=list(run.config_changes),
     )

@@ -1,0 +1,144 @@
+"""The paper's protocol, once: the engine behind ``make demo``, ``scripts.reproduce`` (every
+preset, every experiment of a study, ``make tune-demo``) and ``make lineup``.
+
+Vyas et al. (2024), section 5: every optimizer sweeps its learning rate at full length; its
+best LR then runs at schedule fractions (each run with its own full cosine schedule, for the
+power-law fit ``L(N) = a + b N^-beta``) and, here, with more seeds (the report's intervals).
+This harness adds one rule: while the best LR sits on its grid's edge, the sweep goes half a
+decade further (``max_extend`` times at most). With full tuning (``tuned``), an optimizer's
+sweep is its tuned LR alone.
+
+The engine is event-driven: the runs that do not wait on each other are submitted together,
+and an optimizer's follow-up runs start as soon as its own sweep is done. Who trains a run is
+the caller's ``submit``: in this process or in worker processes (the demo), or a training
+command (``scripts.reproduce``: ``torchrun`` on GPUs). Each run carries its preset and phase
+(``protocol.preset``, ``protocol.phase`` in its config), so every record says what produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+
+from scripts.measures import best_lr, edge_extension
+
+PHASES = ("sweep", "extend", "tuned", "seeds", "fractions")
+
+
+class CannotStart(Exception):
+    """A run could not start for a configuration reason: the protocol stops (exit 2), since
+    every other run would fail the same way."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the protocol."""
+
+    optimizer: str
+    lr: float
+    fraction: float
+    seed: int
+    phase: str
+
+    def overrides(self, preset: str, run_dir: object) -> list[str]:
+        """The run's own overrides (:func:`scripts.experiments.plan.cell_overrides`) and its
+        provenance."""
+        from scripts.experiments.plan import cell_overrides
+
+        return [
+            *cell_overrides(self.optimizer, self.lr, self.fraction, self.seed, run_dir),
+            f"protocol.preset={preset}",
+            f"protocol.phase={self.phase}",
+        ]
+
+    def name(self) -> str:
+        return f"lr{self.lr:g}_frac{self.fraction:g}_seed{self.seed}"
+
+
+@dataclass
+class Protocol:
+    """What the protocol runs: its LR grids, seeds and fractions per optimizer."""
+
+    preset: str
+    optimizers: list[str]
+    lrs: dict[str, list[float]]
+    seeds: list[int] = field(default_factory=lambda: [0])  # the sweep's (and fractions')
+    best_seeds: list[int] = field(default_factory=list)  # more seeds at each best LR
+    fractions: list[float] = field(default_factory=list)  # < 1: schedule-fraction runs
+    max_extend: int = 0
+    tuned: dict[str, float] = field(default_factory=dict)  # optimizer -> tuned LR (no sweep)
+
+    def count(self) -> int:
+        """Runs before any extension."""
+        n = 0
+        for o in self.optimizers:
+            n += len(self.seeds) * (1 if o in self.tuned else len(self.lrs[o]))
+            n += len(set(self.best_seeds) - set(self.seeds))
+            n += len(self.seeds) * len([f for f in self.fractions if f < 1])
+        return n
+
+
+Submit = Callable[[Cell], "Future[float | None]"]  # a future of the run's final eval loss
+
+
+def follow_ups(p: Protocol, optimizer: str, lr: float) -> list[Cell]:
+    """The runs at an optimizer's best (or tuned) LR: more seeds, then the fractions."""
+    seeds = [s for s in p.best_seeds if s not in p.seeds]
+    return [Cell(optimizer, lr, 1.0, s, "seeds") for s in seeds] + [
+        Cell(optimizer, lr, f, s, "fractions") for f in p.fractions if f < 1 for s in p.seeds
+    ]
+
+
+def run(
+    p: Protocol, submit: Submit, log: Callable[[str], None] = print, dry: bool = False
+) -> dict[str, float]:
+    """Every run of ``p`` through ``submit``; returns the best LR per optimizer (none when no
+    run of its sweep was finite: it gets no follow-ups). ``dry``: the runs' futures hold no
+    losses, and follow-ups are shown at the grid's middle LR. A :class:`CannotStart` from a
+    future propagates (the caller cancels what has not started)."""
+    sweeps: dict[Future, Cell] = {}
+    results: dict[str, list[tuple[float, float | None]]] = {o: [] for o in p.optimizers}
+    extended = dict.fromkeys(p.optimizers, 0)
+    follow: list[Future] = []
+    best: dict[str, float] = {}
+
+    def go(cell: Cell) -> None:
+        sweeps[submit(cell)] = cell
+
+    for o in p.optimizers:
+        for lr in [p.tuned[o]] if o in p.tuned else p.lrs[o]:
+            for s in p.seeds:
+                go(Cell(o, lr, 1.0, s, "tuned" if o in p.tuned else "sweep"))
+    while sweeps:
+        done, _ = wait(list(sweeps), return_when=FIRST_COMPLETED)
+        for f in done:
+            cell = sweeps.pop(f)
+            o = cell.optimizer
+            results[o].append((cell.lr, f.result()))
+            if any(c.optimizer == o for c in sweeps.values()):
+                continue  # its sweep is still running
+            nxt = None if o in p.tuned else edge_extension(results[o])
+            if nxt is not None and extended[o] < p.max_extend:
+                extended[o] += 1
+                log(f"protocol: best {o} lr is on its grid's edge; adding lr {nxt:g}")
+                for s in p.seeds:
+                    go(Cell(o, nxt, 1.0, s, "extend"))
+                continue
+            found = best_lr(results[o])
+            if o in p.tuned:
+                lr = p.tuned[o]
+            elif found is not None and math.isfinite(found[1]):
+                lr = found[0]
+            elif dry:
+                lrs = p.lrs[o]
+                lr = lrs[len(lrs) // 2]
+            else:
+                log(f"protocol: no {o} run of the sweep ended finite: no follow-up runs")
+                continue
+            best[o] = lr
+            follow += [submit(c) for c in follow_ups(p, o, lr)]
+    for f in follow:
+        f.result()
+    return best

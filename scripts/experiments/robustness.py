@@ -1,0 +1,120 @@
+"""How much do a demo's iteration savings move with round-off alone? Each optimizer's best-LR,
+seed-0 run of a finished demo, re-run compiled and eager, with 1 and 2 threads.
+
+``python -m scripts.experiments.robustness results/runs/demo [--out DIR] [overrides ...]``
+
+The demo's runs are the reference (their own compile setting and thread count, recorded in
+each run's ``env.json``); each variant re-runs the same configuration in this process, one
+run at a time. The target is the demo's (AdamW's mean final eval loss over its seeds); the
+saving is ``1 - N_opt / N_adamw`` with ``N`` the interpolated iteration at which the seed-0
+run reaches it (:func:`scripts.measures.crossing`). Compiled and eager kernels, and 1 or 2
+threads, sum in different orders: over hundreds of steps such differences grow into different
+curves, and the table says how far the savings move (the regime issue asks for <= 3 points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+from scripts.experiments.protocol import Cell
+from scripts.measures import crossing
+from scripts.record import RunRecord
+
+VARIANTS = {  # name -> (train.compile, threads)
+    "compiled, 1 thread": ("true", 1),
+    "compiled, 2 threads": ("true", 2),
+    "eager, 2 threads": ("false", 2),
+}
+
+
+def best_runs(demo: Path) -> tuple[dict[str, Path], float]:
+    """Each optimizer's best-LR seed-0 full-length run, and the target (AdamW's mean final
+    loss over its seeds at its best LR)."""
+    best: dict[str, Path] = {}
+    for opt_dir in sorted(p for p in demo.iterdir() if p.is_dir() and p.name != "report"):
+        sweep = {d: RunRecord.read(d) for d in opt_dir.glob("lr*_frac1_seed0")}
+        done = {d: r.final_eval_loss for d, r in sweep.items() if r and r.completed}
+        if done:
+            best[opt_dir.name] = min(done, key=done.get)
+    if "adamw" not in best:
+        raise SystemExit(f"error: no completed adamw run in {demo}: run the demo first")
+    lr_part = best["adamw"].name.split("_frac")[0]
+    finals = [
+        r.final_eval_loss
+        for d in (demo / "adamw").glob(f"{lr_part}_frac1_seed*")
+        if (r := RunRecord.read(d)) and r.completed
+    ]
+    return best, statistics.mean(finals)
+
+
+def steps_to(run_dir: Path, target: float) -> float:
+    rec = RunRecord.read(run_dir)
+    hist = [vars(e) for e in rec.eval_history] if rec else []
+    return crossing(hist, target)[0]
+
+
+def reference_setting(run_dir: Path) -> str:
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    env = (
+        yaml.safe_load((run_dir / "env.json").read_text())
+        if (run_dir / "env.json").exists()
+        else {}
+    )
+    threads = (env.get("hardware") or {}).get("torch_threads", "?")
+    return f"demo's runs (compile={cfg['train']['compile']}, {threads} thread(s))"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("demo", type=Path, help="a finished demo's run directory")
+    ap.add_argument("--out", type=Path, default=None, help="default <demo>/robustness")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["compiled, 2 threads", "eager, 2 threads"],
+        choices=list(VARIANTS),
+        help="the demo's own setting (make demo: compiled, 1 thread per run) is the reference",
+    )
+    ap.add_argument("overrides", nargs="*", help="overrides for every run (e.g. cache_dir=...)")
+    args = ap.parse_args(argv)
+    import torch
+
+    from scripts.experiments.cells import train
+
+    best, target = best_runs(args.demo)
+    out = args.out or args.demo / "robustness"
+    cols = {reference_setting(best["adamw"]): {o: steps_to(d, target) for o, d in best.items()}}
+    for name in args.variants:
+        compiled, threads = VARIANTS[name]
+        torch.set_num_threads(threads)
+        cols[name] = {}
+        for opt, ref in best.items():
+            cfg = yaml.safe_load((ref / "config.yaml").read_text())
+            preset = cfg["protocol"]["preset"]
+            run_dir = out / name.replace(", ", "_").replace(" ", "") / opt
+            cell = Cell(opt, float(cfg["optimizer"]["lr"]), 1.0, int(cfg["seed"]), "robustness")
+            over = [f"experiment={preset}", *args.overrides, f"train.compile={compiled}",
+                    *cell.overrides(preset, run_dir)]  # fmt: skip
+            if train(over):
+                print(f"robustness: {run_dir} failed", file=sys.stderr)
+            cols[name][opt] = steps_to(run_dir, target)
+    print(f"\ntarget {target:.4f} (adamw's mean final loss); iterations saved against adamw:")
+    print("| optimizer | " + " | ".join(cols) + " | largest move |")
+    print("|---|" + "---|" * (len(cols) + 1))
+    for opt in best:
+        if opt == "adamw":
+            continue
+        saved = [1 - c[opt] / c["adamw"] for c in cols.values()]
+        cells = [f"{100 * s:.1f}%" for s in saved]
+        move = 100 * (max(saved) - min(saved))
+        print(f"| {opt} | " + " | ".join(cells) + f" | {move:.1f} points |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

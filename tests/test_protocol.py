@@ -1,0 +1,83 @@
+"""The protocol engine (scripts/experiments/protocol.py) on synthetic losses: what it runs,
+in which phase, and how it stops."""
+
+import math
+from concurrent.futures import Future
+
+import pytest
+
+from scripts.experiments.protocol import CannotStart, Cell, Protocol, run
+
+
+def done(value=None, exc=None) -> Future:
+    f = Future()
+    if exc is not None:
+        f.set_exception(exc)
+    else:
+        f.set_result(value)
+    return f
+
+
+def bowl(centre: float):
+    """Final loss as a bowl in log10(lr) around ``centre``."""
+    return lambda c: 3.0 + (math.log10(c.lr) - math.log10(centre)) ** 2
+
+
+def test_sweep_then_seeds_and_fractions_at_the_best():
+    ran: list[Cell] = []
+    p = Protocol("demo", ["adamw", "soap"], {"adamw": [1e-3, 3.16e-3, 1e-2], "soap": [1e-3, 3.16e-3, 1e-2]},
+                 seeds=[0], best_seeds=[1, 2], fractions=[0.4, 0.8], max_extend=1)  # fmt: skip
+    loss = bowl(3.16e-3)
+    best = run(p, lambda c: ran.append(c) or done(loss(c)), log=lambda m: None)
+    assert best == {"adamw": 3.16e-3, "soap": 3.16e-3}
+    assert len(ran) == p.count() == 2 * (3 + 2 + 2)
+    follow = [c for c in ran if c.phase != "sweep"]
+    assert {c.lr for c in follow} == {3.16e-3}
+    assert sorted((c.phase, c.fraction, c.seed) for c in follow if c.optimizer == "soap") == [
+        ("fractions", 0.4, 0),
+        ("fractions", 0.8, 0),
+        ("seeds", 1.0, 1),
+        ("seeds", 1.0, 2),
+    ]
+
+
+def test_edge_extension_is_its_own_phase_and_bounded():
+    ran: list[Cell] = []
+    p = Protocol("x", ["adamw"], {"adamw": [1e-3, 3.16e-3]}, fractions=[0.5], max_extend=2)
+    best = run(p, lambda c: ran.append(c) or done(bowl(1.0)(c)), log=lambda m: None)
+    assert [c.lr for c in ran if c.phase == "extend"] == [0.01, 0.0316]  # then the bound
+    assert best == {"adamw": 0.0316}
+    assert [(c.phase, c.lr) for c in ran][-1] == ("fractions", 0.0316)
+
+
+def test_tuned_optimizer_runs_its_lr_only_and_nothing_finite_gets_no_follow_ups():
+    ran: list[Cell] = []
+    p = Protocol("x", ["adamw", "soap"], {"adamw": [1e-3, 1e-2], "soap": [1e-3]},
+                 best_seeds=[1], fractions=[0.5], tuned={"soap": 0.02})  # fmt: skip
+    best = run(p, lambda c: ran.append(c) or done(None if c.optimizer == "adamw" else 3.0),
+               log=lambda m: None)  # fmt: skip
+    assert best == {"soap": 0.02}
+    assert [c.phase for c in ran if c.optimizer == "adamw"] == ["sweep", "sweep"]
+    assert [(c.phase, c.lr) for c in ran if c.optimizer == "soap"] == [
+        ("tuned", 0.02), ("seeds", 0.02), ("fractions", 0.02)
+    ]  # fmt: skip
+
+
+def test_dry_run_shows_follow_ups_at_the_middle_lr():
+    ran: list[Cell] = []
+    p = Protocol("x", ["adamw"], {"adamw": [1e-3, 3e-3, 1e-2]}, fractions=[0.5])
+    run(p, lambda c: ran.append(c) or done(None), log=lambda m: None, dry=True)
+    assert [(c.phase, c.lr) for c in ran][-1] == ("fractions", 3e-3)
+
+
+def test_a_run_that_cannot_start_stops_the_protocol():
+    p = Protocol("x", ["adamw"], {"adamw": [1e-3, 1e-2]}, fractions=[0.5])
+    with pytest.raises(CannotStart, match="bad"):
+        run(p, lambda c: done(exc=CannotStart("bad")), log=lambda m: None)
+
+
+def test_cell_overrides_carry_preset_and_phase_and_the_run_dir_last():
+    over = Cell("soap", 0.01, 0.5, 2, "fractions").overrides("demo", "runs/x")
+    assert "protocol.preset=demo" in over and "protocol.phase=fractions" in over
+    assert "optimizer=soap" in over and "seed=2" in over and "run_dir=runs/x" in over
+    assert Cell("soap", 0.01, 0.5, 2, "fractions").name() == "lr0.01_frac0.5_seed2"
