@@ -10,6 +10,8 @@ import json
 import shutil
 import sys
 
+import pytest
+
 from tests.helpers import cli, metrics, summary
 from tests.test_train import TWO, _continues, _curve_tolerance, _same_curve, _twin_runs
 
@@ -23,6 +25,7 @@ def _torchrun(n: int, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # ~50 s, 4 processes; HSDP: tests/test_distributed.py
 def test_hsdp_2x2_matches_one_process_and_resumes_on_fewer_ranks(tmp_path, cache_dir, monkeypatch):
     base, twin = _twin_runs(ARGS, tmp_path, cache_dir, monkeypatch)
     tol = _curve_tolerance(base, twin)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.helpers import cli, metrics, spawn, summary
 from tests.test_train import _curve_tolerance, _same_curve, _twin_runs, _wait_for_lines
 
@@ -63,6 +65,7 @@ def _workers(torchrun_pid: int) -> list[int]:
     return sorted(out)
 
 
+@pytest.mark.slow  # ~45 s (make test-all)
 def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path, cache_dir):
     """Under the c10d rendezvous on this node, as ``scripts.reproduce`` launches restartable
     runs. With the static rendezvous (``--master-port``) the restarted group read the dead

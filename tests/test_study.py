@@ -21,7 +21,7 @@ def test_paper_study_plan_equals_the_four_presets_plans(capsys):
         assert reproduce.main([e.preset, "--plan"]) == 0
         want.append(f"[{e.name}] " + capsys.readouterr().out.strip())
     assert "\n".join(lines[:-1]) == "\n".join(want)
-    assert "20 tokens per non-embedding parameter" in want[0] and "output layer 11%" in want[0]
+    assert "20 tokens per non-embedding parameter" in want[0] and "output layer 12%" in want[0]
 
 
 def test_a_study_mixing_tokens_per_parameter_says_so_unless_allowed(tmp_path, monkeypatch, capsys):
@@ -36,7 +36,7 @@ def test_a_study_mixing_tokens_per_parameter_says_so_unless_allowed(tmp_path, mo
     assert reproduce.main(["--study", "mixed", "--plan"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: study mixed: its experiments differ in tokens per")
-    assert "a: 20, b: 5" in err[-1] and "--allow-mixed-tokens-per-param" in err[-1]
+    assert "(a: 19.9, b: 5.15)" in err[-1] and "--allow-mixed-tokens-per-param" in err[-1]
     assert reproduce.main(["--study", "mixed", "--plan", "--allow-mixed-tokens-per-param"]) == 0
     assert reproduce.main(["--study", "cpu_ladder", "--plan"]) == 0  # held at 20
 

@@ -23,7 +23,10 @@ from tests.helpers import (
 )
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "muon"])
+# Muon's bf16 Newton-Schulz is slow on CPU (~30 s here); it learns in tests/test_lineup.py too.
+@pytest.mark.parametrize(
+    "optimizer", ["adamw", "soap", "shampoo", pytest.param("muon", marks=pytest.mark.slow)]
+)
 def test_each_optimizer_learns(optimizer, tmp_path, cache_dir):
     run_dir = tmp_path / optimizer
     lr = {"adamw": 3e-3, "soap": 3e-3, "shampoo": 3e-3, "muon": 3e-3}[optimizer]
@@ -215,10 +218,10 @@ def _curve_tolerance(a: list[dict], b: list[dict]) -> float:
 
 
 # Shampoo and Muon under DDP and FSDP2 at the optimizer level: tests/test_distributed.py;
-# through the whole trainer here for AdamW and SOAP (make test-all: all four).
+# through the whole trainer here for SOAP (make test-all: all four).
 @pytest.mark.parametrize(
     "optimizer",
-    ["adamw", "soap", pytest.param("shampoo", marks=pytest.mark.slow), pytest.param("muon", marks=pytest.mark.slow)],
+    ["soap"] + [pytest.param(o, marks=pytest.mark.slow) for o in ("adamw", "shampoo", "muon")],
 )  # fmt: skip
 def test_two_processes_match_one_with_and_without_fsdp(optimizer, tmp_path, cache_dir, monkeypatch):
     """Every optimizer under torchrun (gloo, 2 CPU processes): DDP, and FSDP2 - where SOAP,
@@ -322,6 +325,7 @@ def _twin_runs(args, tmp_path, cache_dir, monkeypatch) -> tuple[list[dict], list
     return metrics(tmp_path / "base"), metrics(tmp_path / "twin")
 
 
+@pytest.mark.slow  # ~110 s; FSDP2 checkpoints across world sizes: tests/test_distributed.py
 def test_sharded_checkpoints_resume_after_sigkill_and_reshard(tmp_path, cache_dir, monkeypatch):
     """FSDP2 + distributed SOAP: every rank writes its own shards (DCP); a SIGKILLed 2-process
     run resumes on the identical curve; its checkpoint also resumes with 1 process, and a
@@ -530,6 +534,7 @@ def test_torch_compile_runs_and_compile_time_is_warmup(tmp_path, cache_dir):
     assert last < first - 0.05, (first, last)
 
 
+@pytest.mark.slow  # ~30 s; exact resume: test_sigkill_then_resume_gives_the_same_curve
 def test_stream_mode_resumes_after_sigkill_on_the_same_batches(tmp_path, cache_dir):
     """data.mode=stream (a local folder in the hub layout, read by the C4 code path): the
     loader's stream position and packing buffer are checkpointed, so a SIGKILLed run resumes
@@ -585,6 +590,7 @@ pipeline.prepare = _slow
 """
 
 
+@pytest.mark.slow  # ~30 s (make test-all)
 def test_first_two_process_run_outlasts_a_short_collective_timeout(tmp_path):
     """Rank 0 prepares the data for longer than any collective may wait (5 s); rank 1 waits
     for the manifest file, not in a barrier, so the first run still succeeds."""

@@ -1,10 +1,10 @@
-"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, ~15 min on 2 cores).
+"""The main job on a fresh machine: ``make demo`` (CPU, offline, embedded data, minutes on 2 cores).
 
 The regime (``configs/experiment/demo.yaml``; README, "The CPU regime"), at the paper's
-proportions where a 2-core machine allows: the 107k-parameter model at 20 tokens per
-non-embedding parameter (523 steps of 32 x 128 tokens, 1.4 passes over the embedded corpus's
-training split), a byte-level vocabulary (output layer 15% of the non-embedding parameters;
-paper 11%), precondition frequency 10, cosine schedule with 10% warmup, 50 evaluations per
+proportions where a 2-core machine allows: the 40k-parameter model at 20 tokens per
+non-embedding parameter (1,564 steps of 4 x 128 tokens, the CPU regime's small batch, whose
+steps per run and tokens per step per parameter are the paper's large batch's), a byte-level
+vocabulary, precondition frequency 80, cosine schedule with 10% warmup, 50 evaluations per
 run on a fixed set (a schedule-fraction run: at its end only,
 :func:`scripts.experiments.plan.cell_overrides`).
 

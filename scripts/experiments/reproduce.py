@@ -127,13 +127,16 @@ def submitter(ex: Commands | None, cmd_for: Callable[[Cell], list[str]]) -> Call
         run_dir = next((a for a in cmd if a.startswith("run_dir=")), shlex.join(cmd))
 
         def done(f: Future) -> None:
-            code = exit_code(f)
-            if code in (EXIT_CONFIG, NOT_STARTED):
-                out.set_exception(CannotStart(f"{run_dir} could not start (its error is above)"))
-                return
-            if code:
-                print(f"reproduce: {run_dir} ended with exit code {code}; it counts as not reached")
-            out.set_result(_final_loss(cmd))
+            try:
+                code = exit_code(f)
+                if code in (EXIT_CONFIG, NOT_STARTED):
+                    raise CannotStart(f"{run_dir} could not start (its error is above)")
+                if code:
+                    print(f"reproduce: {run_dir} ended with exit code {code}; it counts as not "
+                          "reached")  # fmt: skip
+                out.set_result(_final_loss(cmd))
+            except BaseException as e:  # noqa: BLE001 - a broken pool too: never leave it pending
+                out.set_exception(e)
 
         ex.submit(cmd).add_done_callback(done)
         return out
