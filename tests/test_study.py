@@ -32,12 +32,14 @@ def test_a_study_mixing_tokens_per_parameter_says_so_unless_allowed(tmp_path, mo
         "  - {name: a, preset: ladder, overrides: [model=ladder12k]}\n"
         "  - {name: b, preset: ladder, overrides: [model=ladder12k, train.tokens_per_param=5]}\n"
     )
+    real = study.STUDIES
     monkeypatch.setattr(study, "STUDIES", tmp_path)
     assert reproduce.main(["--study", "mixed", "--plan"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: study mixed: its experiments differ in tokens per")
     assert "(a: 19.9, b: 5.15)" in err[-1] and "--allow-mixed-tokens-per-param" in err[-1]
     assert reproduce.main(["--study", "mixed", "--plan", "--allow-mixed-tokens-per-param"]) == 0
+    monkeypatch.setattr(study, "STUDIES", real)
     assert reproduce.main(["--study", "cpu_ladder", "--plan"]) == 0  # held at 20
 
 

@@ -458,19 +458,25 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, cache_dir):
     done = tmp_path / "done"
     assert cli(["train.max_steps=2", f"run_dir={done}"], cache_dir).returncode == 0
     before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
-    r = cli(["optimizer.lr=-1", f"run_dir={done}"], cache_dir)
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = [  # refused before writing anything: two at a time
+        ["optimizer.lr=-1", f"run_dir={done}"],
+        ["train.max_steps=2", f"run_dir={done}", "resume=never"],
+        ["optimizer=nonexistent", f"run_dir={tmp_path / 'x'}"],
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        bad_lr, never, unknown = pool.map(lambda a: cli(a, cache_dir), asks)
     assert (
-        r.returncode == 2
-        and r.stderr.strip().startswith("error: optimizer.lr=-1")
-        and len(r.stderr.strip().splitlines()) == 1
+        bad_lr.returncode == 2
+        and bad_lr.stderr.strip().startswith("error: optimizer.lr=-1")
+        and len(bad_lr.stderr.strip().splitlines()) == 1
     )
-    r = cli(["train.max_steps=2", f"run_dir={done}", "resume=never"], cache_dir)
-    assert r.returncode == 2 and "already holds a run" in r.stderr
+    assert never.returncode == 2 and "already holds a run" in never.stderr
+    assert unknown.returncode != 0 and "optimizer/nonexistent" in unknown.stderr
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
-    r = cli(["optimizer=nonexistent", f"run_dir={tmp_path / 'x'}"], cache_dir)
-    assert r.returncode != 0 and "optimizer/nonexistent" in r.stderr
-    r = cli(["train.max_steps=2", f"run_dir={done}"], cache_dir)
-    assert r.returncode == 0 and "already completed" in r.stdout
+    again = cli(["train.max_steps=2", f"run_dir={done}"], cache_dir)
+    assert again.returncode == 0 and "already completed" in again.stdout
 
 
 def test_fraction_shortens_run_and_schedule(tmp_path, cache_dir):
