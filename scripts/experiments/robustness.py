@@ -16,7 +16,6 @@ says how far the savings move (the regime issue asks for <= 3 points).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -33,9 +32,8 @@ VARIANTS = {  # name -> (train.compile, threads)
 }
 
 
-def best_runs(demo: Path) -> tuple[dict[str, Path], float]:
-    """Each optimizer's best-LR seed-0 full-length run, and AdamW's mean final loss over its
-    seeds at its best LR (the demo's target)."""
+def best_runs(demo: Path) -> dict[str, Path]:
+    """Each optimizer's best-LR seed-0 full-length run."""
     best: dict[str, Path] = {}
     for opt_dir in sorted(p for p in demo.iterdir() if p.is_dir() and p.name != "report"):
         sweep = {d: RunRecord.read(d) for d in opt_dir.glob("lr*_frac1_seed0")}
@@ -44,13 +42,7 @@ def best_runs(demo: Path) -> tuple[dict[str, Path], float]:
             best[opt_dir.name] = min(done, key=done.get)
     if "adamw" not in best:
         raise SystemExit(f"error: no completed adamw run in {demo}: run the demo first")
-    lr_part = best["adamw"].name.split("_frac")[0]
-    finals = [
-        r.final_eval_loss
-        for d in (demo / "adamw").glob(f"{lr_part}_frac1_seed*")
-        if (r := RunRecord.read(d)) and r.completed
-    ]
-    return best, statistics.mean(finals)
+    return best
 
 
 def savings(runs: dict[str, Path]) -> dict[str, float]:
@@ -95,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from scripts.experiments.cells import train
 
-    best, _ = best_runs(args.demo)
+    best = best_runs(args.demo)
     out = args.out or args.demo / "robustness"
     cols = {reference_setting(best["adamw"]): savings(best)}
     for name in args.variants:
