@@ -8,8 +8,13 @@ def test_gpu_check_smoke_mode_runs_every_part(tmp_path, capsys):
     out = tmp_path / "gpu_check.txt"
     assert main(["--device", "cpu", "--smoke", "--out", str(out)]) == 0
     text = out.read_text()
-    for part in ("## tests", "## optimizer step", "## training step", "## loss memory"):
+    for part in ("## tests", "## optimizer step", "## training step", "## loss memory",
+                 "## claims a single GPU could test first"):  # fmt: skip
         assert part in text, part
+    # The claims' order: the 360m large batch's four first, then its variants (issue 29).
+    claims = text.split("## claims a single GPU could test first")[1]
+    assert "1. +307 h (so far 307 h, 13 GPU-days) for 360m_large_batch: large_iterations" in claims
+    assert "2. +119 h" in claims and "one_sided_worse_than_soap" in claims.splitlines()[3]
     assert "FAILED" not in text and "SMOKE" in text
     for opt in ("| adamw |", "| soap |", "| shampoo |"):
         assert text.count(opt) >= 2, opt  # optimizer step and training step tables

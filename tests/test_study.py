@@ -12,15 +12,23 @@ from scripts.report import study as study_report
 from tests.test_report import power_law_runs
 
 
-def test_paper_study_plan_equals_the_four_presets_plans(capsys):
+def test_paper_study_plan_equals_its_presets_plans(capsys):
+    """The four comparisons as their presets plan them; the ablations (issue 29) as
+    reproduce plans them at one LR (their reference's best), the study's seeds, no fractions."""
     assert reproduce.main(["--study", "paper", "--plan"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("study paper: 4 experiments, 84 runs, ~1.93e+03 H100-hours")
+    assert lines[-1].startswith("study paper: 10 experiments, 93 runs, ~2.05e+03 H100-hours")
     want = []
     for e in study.load("paper"):
-        assert reproduce.main([e.preset, "--plan"]) == 0
+        opts = (
+            ["--optimizers", *e.optimizers, "--lrs", "0.00316", "--fractions"]
+            if e.reference
+            else []
+        )
+        assert reproduce.main([e.preset, "--plan", *opts, "--", *e.overrides]) == 0
         want.append(f"[{e.name}] " + capsys.readouterr().out.strip())
     assert "\n".join(lines[:-1]) == "\n".join(want)
+    assert [e.role for e in study.load("paper")][:4] == ["small_batch", "large_batch"] * 2
     assert "20 tokens per non-embedding parameter" in want[0] and "output layer 12%" in want[0]
 
 

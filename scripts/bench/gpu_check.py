@@ -187,6 +187,14 @@ def loss_bench(device: torch.device, smoke: bool) -> str:
     return buf.getvalue().strip()
 
 
+def claims_first(device: torch.device, smoke: bool) -> str:
+    """Which of the paper's claims one GPU could test first, and what each costs (estimated
+    from the plans; :func:`scripts.report.claims.costs`)."""
+    from scripts.report.claims import first_on_one_gpu
+
+    return first_on_one_gpu("paper")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         ("optimizer step", optimizer_steps),
         ("training step", train_steps),
         ("loss memory", loss_bench),
+        ("claims a single GPU could test first", claims_first),
     ):
         print(f"gpu-check: {title} ...", flush=True)
         try:

@@ -13,6 +13,14 @@ from scripts.config import CONFIGS, compose, error_line
 from scripts.trainer.checks import total_steps
 
 PEAK, MFU = 989e12, 0.4
+# This machine's rate, for the CPU regime's budgets (an estimate, printed as one): `make demo`
+# on a 2-core AMD EPYC VM (2026-12-04) ran 25 runs in 362 s, two at once, i.e. 724 run-seconds
+# for 17.1M training tokens through 60,600 parameters (evaluation, compile and start-up in).
+CPU_SECONDS_PER_TOKEN_PARAM = 7.0e-10
+# SOAP's and Shampoo's own step, at these tiny shapes, takes about 7x its FLOP share of the
+# step's time (measured: frequency 1 doubles the demo model's step, FLOP share 17% -> 48%);
+# the rate above is at the demo's frequency-80 share.
+OPTIMIZER_TIME_PER_FLOP_SHARE, DEMO_SHARE = 7.0, 0.17
 
 
 def preset_cfg(preset: str, extra: list[str] | None = None) -> Any:
@@ -130,6 +138,10 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
     hours = 6 * p.total_params() * tokens / (PEAK * MFU) / 3600
     vocab = output_vocab(cfg)
     data = train_tokens(cfg)
+    cpu = CPU_SECONDS_PER_TOKEN_PARAM * (n + 2 * (vocab or PAPER_VOCAB) * p.d_model) * tokens
+    slow = (1 + OPTIMIZER_TIME_PER_FLOP_SHARE * optimizer_flop_share(cfg, "soap")) / (
+        1 + OPTIMIZER_TIME_PER_FLOP_SHARE * DEMO_SHARE
+    )
     return {
         "preset": preset,
         "model": cfg.model.preset,
@@ -147,6 +159,9 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
         "soap_flop_share": optimizer_flop_share(cfg, "soap"),
         "h100_hours_full_run": hours,
         "h100_hours_fraction_runs": hours * sum(f for f in fractions if f < 1.0),
+        "cpu_seconds_full_run": cpu,  # this machine's rate (estimate)
+        "cpu_seconds_full_run_preconditioned": cpu * slow,  # SOAP and Shampoo
+        "fractions": [f for f in fractions if f < 1.0],
     }
 
 
@@ -158,6 +173,20 @@ def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:
     full = per * len(args.lrs) + extra
     hours = pl["h100_hours_full_run"] * full + pl["h100_hours_fraction_runs"] * per
     return full + per * len(args.fractions), hours
+
+
+def cpu_minutes(pl: dict, args: argparse.Namespace) -> float:
+    """The wall-clock minutes :func:`budget`'s runs would take on the 2-core machine the rate
+    was measured on, ``args.jobs`` at once (an estimate: compare it with the run's own time)."""
+    per = len(args.seeds)
+    extra = len(set(args.best_seeds) - set(args.seeds))
+    lengths = per * len(args.lrs) + extra + per * sum(pl["fractions"])
+    seconds = sum(
+        lengths * pl["cpu_seconds_full_run_preconditioned" if o in ("soap", "shampoo")
+                     else "cpu_seconds_full_run"]
+        for o in args.optimizers
+    )  # fmt: skip
+    return seconds / max(1, getattr(args, "jobs", 1)) / 60
 
 
 def _tokens(n: float) -> str:

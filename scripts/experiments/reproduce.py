@@ -105,6 +105,31 @@ def tune_phase(args: argparse.Namespace, out: Path, extra: list[str]) -> dict[st
     }
 
 
+def lrs_from(args: argparse.Namespace) -> dict[str, float]:
+    """``--lr-from DIR``: each optimizer's best LR among DIR's runs (the report's choice:
+    :func:`scripts.report.analysis.compare`); one line and exit 2 when one has none. A dry run
+    before DIR has runs shows the grid's middle LR."""
+    from scripts.report import analyse, load_runs
+
+    runs = load_runs(args.lr_from) if Path(args.lr_from).is_dir() else []
+    best: dict[str, float] = {}
+    for c in analyse(runs, None).comparisons:
+        best |= {r.optimizer: r.best_lr for r in c.rows if r.best_lr is not None}
+    out = {}
+    for o in args.optimizers:
+        if o in best:
+            out[o] = best[o]
+        elif args.dry_run:
+            out[o] = args.lrs[len(args.lrs) // 2]
+            print(f"reproduce: {o}: no best LR in {args.lr_from} yet; shown at {out[o]:g}")
+        else:
+            raise SystemExit(
+                f"error: --lr-from {args.lr_from}: no completed {o} run there to take its best "
+                "LR from: run that experiment first"
+            )
+    return out
+
+
 def _final_loss(cmd: list[str]) -> float | None:
     run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))
     rec = RunRecord.read(run_dir)
@@ -208,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--optimizers", nargs="+", default=["adamw", "shampoo", "soap"])
     ap.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3.16e-3, 1e-2])
-    ap.add_argument("--fractions", nargs="+", type=float, default=[0.5, 0.625, 0.75, 0.875])
+    ap.add_argument(
+        "--fractions",
+        nargs="*",
+        type=float,
+        default=[0.5, 0.625, 0.75, 0.875],
+        help="schedule fractions run at each best LR (none: --fractions alone)",
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument(
         "--extend",
@@ -254,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         default="lr",
         help="lr: the LR sweep (phase 1); full: scripts.tune over --tune-space first, then "
         "every optimizer at its tuned settings (its LR sweep skipped)",
+    )
+    ap.add_argument(
+        "--lr-from",
+        default=None,
+        metavar="DIR",
+        help="an ablation: every optimizer at its best LR among the runs in DIR (an earlier "
+        "experiment of the same regime), no sweep",
     )
     ap.add_argument("--tune-space", default="paper", help="a file in configs/tune")
     ap.add_argument("--tune-budget", type=int, default=30, help="max trials per optimizer")
@@ -330,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "scripts.prepare", f"experiment={args.preset}", *extra], args.dry_run
     )
     tuned = tune_phase(args, out, extra) if args.tune == "full" else {}
+    if args.lr_from:
+        tuned = {o: {"lr": lr, "overrides": []} for o, lr in lrs_from(args).items()}
 
     def cmd_for(cell: Cell) -> list[str]:
         o = cell.optimizer
@@ -360,7 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     # Phase 3: the report.
     if args.dry_run:
         return 0
-    code = subprocess.call([sys.executable, "-m", "scripts.report", str(out)])
+    # An ablation without AdamW (a study's frequency ladder, a variant) is compared to one of
+    # its own optimizers, named as its runs record them (a variant: soap-one-sided).
+    from scripts.report import load_runs
+
+    present = sorted({r.optimizer for r in load_runs(out)})
+    base = "adamw" if "adamw" in present or not present else present[0]
+    code = subprocess.call([sys.executable, "-m", "scripts.report", str(out), "--baseline", base])
     print(f"reproduce {args.preset}: all phases done in {time.time() - t0:.0f}s", flush=True)
     return code
 

@@ -17,6 +17,7 @@ Writes ``<study dir>/report/``:
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.cli import wants_help
-from scripts.report import plots, tables
+from scripts.report import claims, plots, tables
 from scripts.report.analysis import Interval, analyse
 from scripts.report.load import load_runs
 from scripts.report.page import write_dashboard
@@ -55,11 +56,17 @@ class StudyRow:
 
 
 def experiments(study: Path) -> list[tuple[str, Path]]:
-    """``(name, directory)`` of every subdirectory holding runs (not the study's report)."""
+    """``(name, directory)`` of every subdirectory holding runs (not the study's report), less
+    the ablations (``reference`` in ``study.json``: they have no baseline of their own; the
+    claims scorecard reads them)."""
+    ablations = set()
+    if (study / "study.json").exists():
+        spec = json.loads((study / "study.json").read_text())
+        ablations = {e["name"] for e in spec["experiments"] if e.get("reference")}
     return [
         (d.name, d)
         for d in sorted(p for p in study.iterdir() if p.is_dir() and p.name != "report")
-        if any(d.rglob("summary.json")) or any(d.rglob("config.yaml"))
+        if d.name not in ablations and (any(d.rglob("summary.json")) or any(d.rglob("config.yaml")))
     ]
 
 
@@ -200,8 +207,16 @@ def write(study: Path, baseline: str = "adamw") -> Path:
     figs = figures(rs, baseline)
     links = [(n, f"../{n}/report/dashboard/index.html") for n, _ in experiments(study)]
     md = [f"# Study: {study}", "", "Produced by `python -m scripts.report.study "
-          f"{study}`. Target per experiment: {baseline}'s own final loss.", "",
-          f"## {t.title}", "", t.markdown(), ""]  # fmt: skip
+          f"{study}`. Target per experiment: {baseline}'s own final loss.", ""]  # fmt: skip
+    sections = []
+    card = claims.scorecard(study)
+    if card is not None:  # the paper's claims first: what a reader came for
+        verdicts, ct, abl = card
+        md += [f"## {ct.title}: {claims.tally(verdicts)}", "", ct.markdown(), "",
+               claims.RULE, "", f"## {abl.title}", "", abl.markdown(), ""]  # fmt: skip
+        (out / "scorecard.json").write_text(json.dumps(claims.to_json(verdicts), indent=1) + "\n")
+        sections.append(("The paper's claims", [claims.tally(verdicts), claims.RULE], [ct, abl], [], []))  # fmt: skip
+    md += [f"## {t.title}", "", t.markdown(), ""]
     for f in figs:
         png = plots.to_png(f, out / f"{f.key}.png")
         md.append(f"![{f.title.splitlines()[0]}]({png.name})")
@@ -209,7 +224,8 @@ def write(study: Path, baseline: str = "adamw") -> Path:
     (out / "report.md").write_text("\n".join(md) + "\n")
     divs = [plots.to_plotly_div(f, f"study-{f.key}") for f in figs]
     write_dashboard(out, f"soap-bench study: {study}", f"python -m scripts.report.study {study}",
-                    f"{len(links)} experiments", [("Study", [], [t], [], divs)], links=links)  # fmt: skip
+                    f"{len(links)} experiments",
+                    [*sections, ("Study", [], [t], [], divs)], links=links)  # fmt: skip
     return out
 
 

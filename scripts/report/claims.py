@@ -1,0 +1,401 @@
+"""The paper's claims as a scorecard: each one reproduced, contradicted or inconclusive.
+
+``python -m scripts.report.claims <study dir>`` (the study report runs it when the study's
+experiments have roles: ``make claims``, ``scripts.reproduce --study paper``).
+
+The claims are data (``configs/claims/paper.yaml``): what Vyas et al. (2024) say, their
+number, and the measurement that tests it. A study's experiments carry a ``role``
+(:data:`ROLES`; ``<study>/study.json``, written by :mod:`scripts.experiments.study`); each
+claim is evaluated on every experiment (or pair, or ladder) of the roles it names.
+
+Every measure is computed once per seed: a seed is one replicate of the whole experiment (the
+same initialisation and data order for every optimizer and every ablation), so a claim's
+values are paired by seed. The verdict (:data:`RULE`) compares the interval ``mean +- standard
+deviation`` of those values with the claim's threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scripts.config import CONFIGS
+from scripts.measures import INF
+from scripts.report.claim_measures import (
+    MEASURES,
+    PERCENT,
+    Evidence,
+    Experiment,
+    final_loss,
+    loss_gap,
+)
+from scripts.report.load import RunDir
+from scripts.report.tables import Table
+
+ROLES = ("large_batch", "small_batch", "frequency", "variant")
+CLAIMS = CONFIGS / "claims" / "paper.yaml"
+SIDES = ("above", "below", "within")
+RULE = (
+    "Each measure is computed per seed (a seed is one replicate of the experiment: the same "
+    "initialisation and data order for every optimizer), and its interval is mean +- sample "
+    "standard deviation over seeds (the range, when a seed never reached the target). "
+    "Reproduced: the interval lies wholly on the paper's side of the claim's threshold; "
+    "contradicted: wholly on the other side; inconclusive: it contains the threshold, or "
+    "there is one seed. Not run: the runs the measure needs are missing."
+)
+
+
+@dataclass
+class Claim:
+    id: str
+    claim: str
+    paper: str
+    role: list[str]
+    measure: str
+    args: dict[str, Any]
+    side: str
+    threshold: float
+    relative: str | None = None
+
+
+def load_claims(path: Path = CLAIMS) -> list[Claim]:
+    """The claims file, checked: one line naming the problem (exit 2) for a bad entry."""
+    import yaml
+
+    out = []
+    for i, c in enumerate((yaml.safe_load(path.read_text()) or {}).get("claims") or []):
+        where = f"{path}: claim {c.get('id', i)!r}"
+        try:
+            claim = Claim(
+                **{**c, "role": c["role"] if isinstance(c["role"], list) else [c["role"]]}
+            )
+        except (TypeError, KeyError) as e:
+            raise SystemExit(f"error: {where}: {e}") from None
+        if claim.measure not in MEASURES:
+            raise SystemExit(
+                f"error: {where}: unknown measure {claim.measure!r}: use {sorted(MEASURES)}"
+            )
+        if claim.side not in SIDES or not set(claim.role) <= set(ROLES):
+            raise SystemExit(f"error: {where}: side is one of {SIDES}, role of {ROLES}")
+        out.append(claim)
+    return out
+
+
+def load_study(study: Path) -> list[Experiment]:
+    """The experiments of ``<study>/study.json`` that have a role (none: no scorecard)."""
+    from scripts.report.analysis import analyse
+    from scripts.report.load import load_runs
+
+    path = study / "study.json"
+    if not path.exists():
+        return []
+    out = []
+    for e in json.loads(path.read_text())["experiments"]:
+        if not e.get("role") or not (study / e["name"]).is_dir():
+            continue
+        runs: dict[str, dict[int, RunDir]] = {}
+        for c in analyse(load_runs(study / e["name"]), None).comparisons:
+            for r in c.rows:
+                runs[r.optimizer] = {x.seed: x for x in c.best_runs(r.optimizer)}
+        out.append(Experiment(e["name"], e["role"], e.get("reference"), runs))
+    return out
+
+
+def decide(ev: Evidence, side: str, t: float) -> str:
+    """The verdict of :data:`RULE` for one measure."""
+    if ev.missing or not ev.values:
+        return "not run"
+    if ev.parts:  # every cell must hold; one contradicted cell contradicts the claim
+        each = [decide(p, side, t) for _, p in ev.parts]
+        for v in ("not run", "contradicted", "inconclusive"):
+            if v in each:
+                return v
+        return "reproduced"
+    if ev.n < 2 and not ev.deterministic:
+        return "inconclusive"
+    lo, _, hi = ev.interval()
+    if side == "above":
+        return "reproduced" if lo > t else "contradicted" if hi < t else "inconclusive"
+    if side == "below":
+        return "reproduced" if hi < t else "contradicted" if lo > t else "inconclusive"
+    inside, outside = -t < lo and hi < t, lo > t or hi < -t
+    return "reproduced" if inside else "contradicted" if outside else "inconclusive"
+
+
+# --- the measures: (experiments of one scope, the claim's args) -> Evidence -----------------
+
+
+def scopes(claim: Claim, exps: list[Experiment]) -> list[tuple[str, list[Experiment]]]:
+    """Where a claim is tested: each experiment of its role; the (large, small) pairs of one
+    model for two roles; each reference with its ablations for an ablation role."""
+    by = {e.name: e for e in exps}
+    if claim.role == ["large_batch", "small_batch"]:
+        large = [e for e in exps if e.role == "large_batch"]
+        small = {e.model: e for e in exps if e.role == "small_batch"}
+        return [
+            (f"{e.name} vs {small[e.model].name}", [e, small[e.model]])
+            for e in large
+            if e.model in small
+        ]
+    (role,) = claim.role
+    if role in ("frequency", "variant"):
+        refs = sorted({e.reference for e in exps if e.role == role and e.reference in by})
+        return [
+            (
+                f"{r} and its {role} ablations",
+                [by[r], *(e for e in exps if e.role == role and e.reference == r)],
+            )
+            for r in refs
+        ]
+    return [(e.name, [e]) for e in exps if e.role == role]
+
+
+@dataclass
+class Verdict:
+    claim: Claim
+    scope: str
+    verdict: str
+    evidence: Evidence
+    threshold: float  # absolute, in the measure's unit
+    note: str = ""
+
+
+def soap_gain(ref: Experiment) -> float | None:
+    """SOAP's mean final-loss gain over AdamW in an experiment (paired by seed)."""
+    ev = loss_gap([ref], {"optimizer": "adamw", "versus": "soap"})
+    return statistics.fmean(ev.values) if ev.values and math.isfinite(sum(ev.values)) else None
+
+
+def evaluate(claims: list[Claim], exps: list[Experiment]) -> list[Verdict]:
+    out = []
+    for c in claims:
+        found = scopes(c, exps)
+        if not found:
+            out.append(
+                Verdict(
+                    c,
+                    "-",
+                    "not run",
+                    Evidence(missing=f"no experiment with role {'+'.join(c.role)}"),
+                    c.threshold,
+                )
+            )
+            continue
+        for name, scope in found:
+            t, note = c.threshold, ""
+            if c.relative == "soap_gain":
+                g = soap_gain(scope[0])
+                if g is None or g <= 0:  # "close" is measured in SOAP's gain: none here
+                    why = "no SOAP and AdamW runs" if g is None else "SOAP did not beat AdamW"
+                    ev = Evidence(missing=f"{why} in {scope[0].name}: the threshold has no scale")
+                    out.append(Verdict(c, name, "not run" if g is None else "inconclusive", ev, t))
+                    continue
+                t, note = c.threshold * g, f"threshold {c.threshold:g} x SOAP's gain {g:.3f}"
+            ev = MEASURES[c.measure](scope, c.args)
+            out.append(Verdict(c, name, decide(ev, c.side, t), ev, t, note))
+    return out
+
+
+def _value(v: Verdict) -> str:
+    ev = v.evidence
+    if ev.missing or not ev.values:
+        return ev.missing or "-"
+    lo, m, hi = ev.interval()
+    pct = v.claim.measure in PERCENT
+    f = (
+        (lambda x: "never" if x == -INF else f"{100 * x:+.1f}%")
+        if pct
+        else (lambda x: f"{x:+.3f}" if v.claim.measure != "memory_ratio" else f"{x:.2f}x")
+    )
+    seeds = "" if ev.deterministic else f" ({ev.n} seed{'s' if ev.n != 1 else ''})"
+    if ev.deterministic:
+        return f(m) + seeds
+    mid = "mixed" if math.isnan(m) else f(m)
+    return f"{mid} [{f(lo)}, {f(hi)}]{seeds}"
+
+
+def _threshold(v: Verdict) -> str:
+    t = v.threshold
+    s = (
+        f"{100 * t:g}%"
+        if v.claim.measure in PERCENT
+        else f"{t:.3g}" + ("x" if v.claim.measure == "memory_ratio" else "")
+    )
+    return {"above": "> ", "below": "< ", "within": "within +-"}[v.claim.side] + s
+
+
+def table(vs: list[Verdict]) -> Table:
+    rows = []
+    for v in vs:
+        notes = "; ".join(
+            x
+            for x in (
+                v.note,
+                *(f"{n}: {_value(Verdict(v.claim, '', '', p, 0))}" for n, p in v.evidence.parts),
+            )
+            if x
+        )
+        rows.append(
+            [
+                v.claim.claim,
+                v.claim.paper,
+                v.scope,
+                _value(v),
+                _threshold(v),
+                v.verdict.upper() if v.verdict == "contradicted" else v.verdict,
+                notes,
+            ]
+        )
+    return Table(
+        "The paper's claims",
+        [
+            "claim",
+            "paper",
+            "tested on",
+            "ours: mean [interval] (seeds)",
+            "threshold",
+            "verdict",
+            "notes",
+        ],
+        rows,
+    )
+
+
+def tally(vs: list[Verdict]) -> str:
+    counts = {
+        k: sum(v.verdict == k for v in vs)
+        for k in ("reproduced", "contradicted", "inconclusive", "not run")
+    }
+    return ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" (of {len(vs)} verdicts)"
+
+
+def scorecard(study: Path) -> tuple[list[Verdict], Table, Table] | None:
+    """The study's scorecard and its ablations' table, or None when no experiment has a role."""
+    exps = load_study(study)
+    if not exps:
+        return None
+    vs = evaluate(load_claims(), exps)
+    return vs, table(vs), ablation_table(exps)
+
+
+def ablation_table(exps: list[Experiment]) -> Table:
+    """The ablations' final losses beside their reference's, each at its best (or the
+    reference's best) LR, over seeds: what the frequency and variant claims read."""
+    from scripts.report.analysis import Interval
+
+    rows = []
+    by = {e.name: e for e in exps}
+    refs = {e.reference for e in exps if e.reference}
+    for e in exps:
+        if e.name not in refs and not e.reference:
+            continue
+        src = by.get(e.reference or "", e)  # an ablation's AdamW is its reference's
+        base = Interval([final_loss(r) for r in src.runs.get("adamw", {}).values()])
+        for o, runs in sorted(e.runs.items()):
+            iv = Interval([final_loss(r) for r in runs.values()])
+            run = next(iter(runs.values()), None)
+            gap = base.mean - iv.mean if base.n and iv.n else None
+            pre = o.startswith(("soap", "shampoo"))  # AdamW's runs ignore the frequency
+            rows.append([e.name, o, str(e.frequency(o) or "-") if pre else "-", f"{run.lr:g}" if run else "-",
+                         f"{iv.mean:.4f} ± {iv.spread:.3f}" if iv.spread is not None else f"{iv.mean:.4f}",
+                         str(iv.n), f"{gap:+.4f}" if gap is not None and math.isfinite(gap) else "-"])  # fmt: skip
+    return Table("Final losses of the ablations and their references (mean ± std over seeds)",
+                 ["experiment", "optimizer", "frequency", "lr", "final loss", "seeds",
+                  "AdamW's final loss minus this"], rows)  # fmt: skip
+
+
+def costs(study: str = "paper", seeds: int = 3) -> list[tuple[float, float, list[str], list[str]]]:
+    """The order in which one GPU could test the claims at a study's scale: at each step the
+    claims whose missing experiments cost the fewest estimated H100-hours, as ``(hours added,
+    hours so far, experiments added, claims testable)``, with ``scripts.reproduce``'s default
+    protocol (3 LRs, 4 schedule fractions) and ``seeds`` seeds at each best LR (one seed gives
+    no verdict)."""
+    import argparse
+
+    from scripts.experiments import study as studies
+    from scripts.experiments.plan import budget, plan
+
+    base = argparse.Namespace(
+        optimizers=["adamw", "shampoo", "soap"], lrs=[1e-3, 3.16e-3, 1e-2],
+        fractions=[0.5, 0.625, 0.75, 0.875], seeds=[0], best_seeds=list(range(1, seeds)),
+    )  # fmt: skip
+    exps, hours = [], {}
+    for e in studies.load(study):
+        a = studies.experiment_args(base, e)
+        pl = plan(e.preset, a.fractions, e.overrides)
+        hours[e.name] = budget(pl, a)[1]
+        exps.append(Experiment(e.name, e.role or "", e.reference, {}, pl["model"]))
+    groups: dict[frozenset[str], list[str]] = {}
+    for c in load_claims():
+        for name, scope in scopes(c, [e for e in exps if e.role]):
+            groups.setdefault(frozenset(e.name for e in scope), []).append(f"{c.id} ({name})")
+    done: set[str] = set()
+    out, total = [], 0.0
+    while groups:
+        key = min(groups, key=lambda k: (sum(hours[n] for n in k - done), len(k), sorted(k)))
+        added = sorted(key - done)
+        cost = sum(hours[n] for n in added)
+        total += cost
+        done |= key
+        out.append((cost, total, added, groups.pop(key)))
+    return out
+
+
+def first_on_one_gpu(study: str = "paper") -> str:
+    """:func:`costs` as lines (``make gpu-check``'s last section)."""
+    lines = [f"estimated H100-hours (6N FLOPs per token at 40% of peak; 3 seeds at each best LR) "
+             f"of the runs each claim of configs/claims/paper.yaml needs in configs/study/{study}.yaml, "
+             "cheapest first (claims whose experiments already ran cost nothing more):"]  # fmt: skip
+    for i, (cost, total, added, ids) in enumerate(costs(study), 1):
+        new = ", ".join(added) if added else "nothing new"
+        lines.append(f"{i}. +{cost:,.0f} h (so far {total:,.0f} h, {total / 24:,.0f} GPU-days) "
+                     f"for {new}: {', '.join(ids)}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def to_json(vs: list[Verdict]) -> list[dict]:
+    return [
+        {
+            "id": v.claim.id,
+            "claim": v.claim.claim,
+            "paper": v.claim.paper,
+            "scope": v.scope,
+            "verdict": v.verdict,
+            "values": v.evidence.values,
+            "missing": v.evidence.missing,
+            "interval": list(v.evidence.interval()) if v.evidence.values else None,
+            "side": v.claim.side,
+            "threshold": v.threshold,
+            "note": v.note,
+        }
+        for v in vs
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or not Path(argv[0]).is_dir():
+        print(
+            "error: give a study directory whose study.json has roles (make claims)",
+            file=sys.stderr,
+        )
+        return 2
+    got = scorecard(Path(argv[0]))
+    if got is None:
+        print(
+            f"error: {argv[0]}: no experiment with a role (configs/study/claims.yaml has them)",
+            file=sys.stderr,
+        )
+        return 2
+    vs, t, abl = got
+    print(f"{t.markdown()}\n\n{tally(vs)}\n\n{RULE}\n\n{abl.markdown()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
