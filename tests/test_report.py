@@ -533,3 +533,31 @@ def test_the_smallest_significant_saving_is_printed_for_the_seeds_there_are(tmp_
     assert any("smallest saving this report can call significant is about 4%" in n for n in notes)
     notes = _comparison(load_runs(tmp_path / "one")).notes
     assert any("one seed at its best LR: no saving can be called significant" in n for n in notes)
+
+
+def test_a_lineup_report_opens_with_a_leaderboard_and_profiles(tmp_path):
+    """Four optimizers or more (make lineup): ranked by iterations to the target, with seeds
+    reached, state per parameter and step cost; performance profiles over the experiments; a
+    run that spiked far above every start does not set the loss plot's range."""
+    from scripts.report import leaderboard, plots
+
+    root = tmp_path / "lineup"
+    power_law_runs(root)
+    hist = [{"step": s, "eval_loss": 2.0 + 8.0 / s**0.5, "train_seconds": 2.0 * s}
+            for s in range(50, FULL + 1, 50)]  # fmt: skip
+    hist[2]["eval_loss"] = 40.0  # a spike
+    make_run(root, "muon", 3e-3, 1.0, hist)
+    res = write_report(root)
+    (c,) = res.analysis.comparisons
+    t = leaderboard.table(c)
+    assert [r[1] for r in t.rows] == ["muon", "soap", "shampoo", "adamw"]
+    assert t.rows[3][-1] == "1.00x" and t.rows[1][-1] == "1.20x"  # s/step vs AdamW
+    assert t.rows[0][8] == "1 of 1"
+    md = (res.out / "report.md").read_text()
+    assert md.index("### leaderboard") < md.index("### headline")
+    assert (res.out / "profile_iterations.png").stat().st_size > 1000
+    fig = next(f for f in plots.figures(c) if f.key == "loss_vs_iterations")
+    assert fig.ylim is not None and fig.ylim[1] < 40.0
+    # The paper's three alone keep the plain headline.
+    power_law_runs(tmp_path / "three")
+    assert not leaderboard.wanted(_comparison(load_runs(tmp_path / "three")))

@@ -13,7 +13,10 @@ import numpy as np
 from scripts.report.analysis import Comparison
 from scripts.report.fit import power_law
 
-COLORS = {"adamw": "#1f77b4", "soap": "#d62728", "shampoo": "#2ca02c", "muon": "#9467bd"}
+COLORS = {"adamw": "#1f77b4", "soap": "#d62728", "shampoo": "#2ca02c", "muon": "#9467bd",
+          # the rest of `make lineup`'s members (tab10), so nine lines stay apart
+          "kron": "#ff7f0e", "schedulefree": "#8c564b", "lion": "#e377c2", "adafactor": "#bcbd22",
+          "ademamix": "#17becf"}  # fmt: skip
 
 
 def color(optimizer: str) -> str:
@@ -48,6 +51,7 @@ class Figure:
     series: list[Series] = field(default_factory=list)
     xlog: bool = False
     hlines: list[tuple[float, str]] = field(default_factory=list)
+    ylim: tuple[float, float] | None = None  # None: matplotlib's and plotly's own
 
 
 def figures(c: Comparison) -> list[Figure]:
@@ -76,6 +80,7 @@ def figures(c: Comparison) -> list[Figure]:
                     )
         if c.target is not None:
             f.hlines.append((c.target, f"target {c.target:.3f}"))
+        f.ylim = loss_range(f)
         out.append(f)
     f = Figure(
         "lr_sweep",
@@ -159,6 +164,20 @@ def figures(c: Comparison) -> list[Figure]:
     return out
 
 
+def loss_range(f: Figure) -> tuple[float, float] | None:
+    """Up to the highest first evaluation of a curve: a run that spiked far above where every
+    run started (AdEMAMix in the lineup: 32 nats) would otherwise flatten every other curve;
+    its climb still shows, leaving the top of the plot."""
+    firsts = [s.y[0] for s in f.series if s.y and math.isfinite(s.y[0])]
+    ys = [y for s in f.series for y in s.y if math.isfinite(y)]
+    if not firsts or not ys or max(ys) <= max(firsts):
+        return None
+    lo = min(ys + [y for y, _ in f.hlines])
+    hi = max(firsts)
+    pad = 0.05 * (hi - lo)
+    return lo - pad, hi + pad
+
+
 def to_png(fig: Figure, path: Path) -> Path:
     import matplotlib
 
@@ -184,6 +203,8 @@ def to_png(fig: Figure, path: Path) -> Path:
         ax.axhline(y, ls="--", color="k", lw=1, label=label)
     if fig.xlog:
         ax.set_xscale("log")
+    if fig.ylim is not None:
+        ax.set_ylim(*fig.ylim)
     ax.set_xlabel(fig.xlabel)
     ax.set_ylabel(fig.ylabel)
     ax.set_title(fig.title, fontsize=10)
@@ -239,6 +260,7 @@ def to_plotly_div(fig: Figure, div_id: str) -> str:
         xaxis_title=fig.xlabel,
         yaxis_title=fig.ylabel,
         xaxis_type="log" if fig.xlog else "linear",
+        yaxis_range=list(fig.ylim) if fig.ylim else None,
         template="plotly_white",
         height=420,
         margin={"l": 60, "r": 20, "t": 50, "b": 50},

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.report import plots, tables, tuning
+from scripts.report import leaderboard, plots, tables, tuning
 from scripts.report.analysis import Analysis, analyse
 from scripts.report.load import RunDir, load_runs
 from scripts.report.page import write_dashboard
@@ -94,6 +94,8 @@ def write_report(
         sub = out if single else out / c.name.replace("/", "_")
         sub.mkdir(parents=True, exist_ok=True)
         main = [tables.headline(c), tables.cost(c)]
+        if leaderboard.wanted(c):  # more than the paper's three optimizers: rank them first
+            main.insert(0, leaderboard.table(c))
         details = [tables.headline_full(c), tables.fits(c), tables.sweep(c)]
         headline[c.name] = main[0].markdown()
         verdicts[c.name] = tables.verdicts(c)
@@ -112,6 +114,16 @@ def write_report(
         sections.append(
             (c.name, [*verdicts[c.name], *(f"note: {n}" for n in c.notes)], main, details, divs)
         )
+    if any(leaderboard.wanted(c) for c in analysis.comparisons):
+        figs = leaderboard.profile(analysis.comparisons)
+        md += ["## Performance profiles", ""]
+        for f in figs:
+            png = plots.to_png(f, out / f"{f.key}.png")
+            md.append(f"![{f.title}]({png.relative_to(out)})")
+            pngs.append((f.title, png))
+        md.append("")
+        divs = [plots.to_plotly_div(f, f"overall-{f.key}") for f in figs]
+        sections.append(("Performance profiles", [], [], [], divs))
     for tdir in sorted(p.parent for p in Path(runs_dir).rglob("tune.json")):
         tmd, ttables, tfigs = tuning.section(tdir, out / "tuning", base=out)
         name = f"Tuning ({tdir.relative_to(runs_dir)})"
