@@ -92,6 +92,7 @@ def test_every_verdict_from_a_synthetic_study(tmp_path):
     assert large.values == pytest.approx([1 - soap_large / 400] * 3, abs=2e-3)
     gap = got["one_sided_worse_than_soap"].evidence
     assert gap.values == pytest.approx([0.03, -0.02, 0.0]) and gap.n == 3
+    assert "33% of its measured step time" in got["small_wall_clock_vs_adamw"].note  # 0.4 of 1.2 s
     close = got["frequency_close_at_1"]
     assert close.threshold == pytest.approx(0.25 * 4 / math.sqrt(410))  # of SOAP's gain
     assert got["both_variants_beat_adamw"].evidence.missing == "no soap-one-sided-factorized runs"
