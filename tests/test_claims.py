@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
 import pytest
 
-from scripts.experiments import reproduce
+from scripts.experiments import reproduce, study
 from scripts.report import claims
 from scripts.report import study as study_report
 from scripts.report.claim_measures import Evidence
@@ -158,14 +159,14 @@ def test_ablations_run_at_their_references_best_lr(tmp_path, capsys):
     """A study's ablation: ``--lr-from`` its reference and no fractions; with no reference
     runs, reproduce refuses in one line."""
     synthetic_study(tmp_path)
-    args = reproduce.argparse.Namespace(
+    args = argparse.Namespace(
         lr_from=str(tmp_path / "large"), optimizers=["soap", "shampoo"], dry_run=False,
         lrs=[1e-3],
     )  # fmt: skip
-    assert reproduce.lrs_from(args) == {"soap": 0.01, "shampoo": 0.01}
+    assert study.lrs_from(args) == {"soap": 0.01, "shampoo": 0.01}
     args.lr_from = str(tmp_path / "nothing")
     with pytest.raises(SystemExit, match="no completed soap run there"):
-        reproduce.lrs_from(args)
+        study.lrs_from(args)
     assert reproduce.main(["--study", "claims", "--dry-run", "--out", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     freq1 = next(ln for ln in out.splitlines() if "--out " + str(tmp_path / "c" / "freq1") in ln)

@@ -6,7 +6,9 @@ from scripts.bench.gpu_check import main, peak_tflops
 
 def test_gpu_check_smoke_mode_runs_every_part(tmp_path, capsys):
     out = tmp_path / "gpu_check.txt"
-    assert main(["--device", "cpu", "--smoke", "--out", str(out)]) == 0
+    from scripts.gpu_check import NOTES
+
+    assert main(["--device", "cpu", "--smoke", "--out", str(out)], notes=NOTES) == 0
     text = out.read_text()
     for part in ("## tests", "## optimizer step", "## training step", "## loss memory",
                  "## claims a single GPU could test first"):  # fmt: skip

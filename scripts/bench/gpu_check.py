@@ -26,6 +26,7 @@ import io
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -187,15 +188,11 @@ def loss_bench(device: torch.device, smoke: bool) -> str:
     return buf.getvalue().strip()
 
 
-def claims_first(device: torch.device, smoke: bool) -> str:
-    """Which of the paper's claims one GPU could test first, and what each costs (estimated
-    from the plans; :func:`scripts.report.claims.costs`)."""
-    from scripts.report.claims import first_on_one_gpu
-
-    return first_on_one_gpu("paper")
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, notes: list[tuple[str, Callable[[], str]]] | None = None
+) -> int:
+    """``notes``: sections that need no device, printed last (the command,
+    ``scripts/gpu_check.py``, adds which claims one GPU could test first)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, seconds (CPU check)")
@@ -222,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         ("optimizer step", optimizer_steps),
         ("training step", train_steps),
         ("loss memory", loss_bench),
-        ("claims a single GPU could test first", claims_first),
+        *((t, lambda device, smoke, f=f: f()) for t, f in notes or []),
     ):
         print(f"gpu-check: {title} ...", flush=True)
         try:

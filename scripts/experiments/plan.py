@@ -10,6 +10,7 @@ from typing import Any
 
 from models.presets import PAPER_VOCAB, get_preset
 from scripts.config import CONFIGS, compose, error_line
+from scripts.flops import optimizer_flop_share, output_vocab
 from scripts.trainer.checks import total_steps
 
 PEAK, MFU = 989e12, 0.4
@@ -57,15 +58,6 @@ def cell_overrides(
     ]
 
 
-def output_vocab(cfg: Any) -> int | None:
-    """The output layer's rows: the BPE's size, the paper's T5 vocabulary for ``t5``
-    tokenizers, else unknown (None) until the tokenizer is loaded."""
-    tok = cfg.data.tokenizer
-    if tok.kind == "bpe":
-        return int(tok.vocab_size)
-    return PAPER_VOCAB if "t5" in str(tok.name or "") else None
-
-
 def train_tokens(cfg: Any) -> int | None:
     """Training tokens of the run's data when they are known without preparing anything: the
     manifest of data already prepared in the cache (``scripts.prepare``), else None."""
@@ -83,43 +75,6 @@ def train_tokens(cfg: Any) -> int | None:
         return int(manifest["splits"]["train"]["sequences"]) * int(cfg.regime.seq_len)
     except (OSError, ValueError, KeyError):
         return None
-
-
-def param_shapes(preset: Any, vocab: int, qk_norm: bool = True) -> list[tuple[int, ...]]:
-    """The shapes of a preset's parameters (models/build.py: OLMo-2 layers, untied input and
-    output embeddings), without building the model."""
-    d, f = preset.d_model, preset.d_ff
-    layer = [(d, d)] * 4 + [(f, d), (f, d), (d, f)] + [(d,)] * (4 if qk_norm else 2)
-    return [(vocab, d), *layer * preset.n_layers, (d,), (vocab, d)]
-
-
-def optimizer_flop_share(cfg: Any, name: str) -> float:
-    """FLOPs of ``name``'s step (SOAP or Shampoo, at the regime's precondition frequency and
-    dimension cap, refreshes amortised: :meth:`soap._base.PreconditionedOptimizer.param_cost`)
-    over the model's FLOPs per step (6 x matmul parameters x tokens, plus attention's
-    12 x layers x seq_len x d_model per token). The paper's 360m at 256k tokens: under 2%."""
-    import torch
-
-    from soap import SOAP, Shampoo
-
-    p = get_preset(cfg.model.preset)
-    vocab = output_vocab(cfg) or PAPER_VOCAB
-    r = cfg.regime
-    if name == "soap":
-        opt = SOAP([torch.zeros(1)], precondition_frequency=r.precondition_frequency,
-                   max_precond_dim=r.max_precond_dim)  # fmt: skip
-    else:
-        opt = Shampoo([torch.zeros(1)], precondition_frequency=r.precondition_frequency,
-                      max_preconditioner_dim=r.max_precond_dim)  # fmt: skip
-    group = opt.param_groups[0]
-    flops = sum(
-        opt.param_cost(torch.empty(s, device="meta"), group)[0]
-        for s in param_shapes(p, vocab, cfg.model.qk_norm)
-    )
-    tokens = r.global_batch * r.seq_len
-    n = p.non_embedding_params(cfg.model.qk_norm) + vocab * p.d_model
-    model = 6 * n * tokens + 12 * p.n_layers * r.seq_len * p.d_model * tokens
-    return flops / model
 
 
 def plan(preset: str, fractions: list[float], extra: list[str] | None = None) -> dict:

@@ -105,31 +105,6 @@ def tune_phase(args: argparse.Namespace, out: Path, extra: list[str]) -> dict[st
     }
 
 
-def lrs_from(args: argparse.Namespace) -> dict[str, float]:
-    """``--lr-from DIR``: each optimizer's best LR among DIR's runs (the report's choice:
-    :func:`scripts.report.analysis.compare`); one line and exit 2 when one has none. A dry run
-    before DIR has runs shows the grid's middle LR."""
-    from scripts.report import analyse, load_runs
-
-    runs = load_runs(args.lr_from) if Path(args.lr_from).is_dir() else []
-    best: dict[str, float] = {}
-    for c in analyse(runs, None).comparisons:
-        best |= {r.optimizer: r.best_lr for r in c.rows if r.best_lr is not None}
-    out = {}
-    for o in args.optimizers:
-        if o in best:
-            out[o] = best[o]
-        elif args.dry_run:
-            out[o] = args.lrs[len(args.lrs) // 2]
-            print(f"reproduce: {o}: no best LR in {args.lr_from} yet; shown at {out[o]:g}")
-        else:
-            raise SystemExit(
-                f"error: --lr-from {args.lr_from}: no completed {o} run there to take its best "
-                "LR from: run that experiment first"
-            )
-    return out
-
-
 def _final_loss(cmd: list[str]) -> float | None:
     run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))
     rec = RunRecord.read(run_dir)
@@ -369,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     tuned = tune_phase(args, out, extra) if args.tune == "full" else {}
     if args.lr_from:
+        from scripts.experiments.study import lrs_from
+
         tuned = {o: {"lr": lr, "overrides": []} for o, lr in lrs_from(args).items()}
 
     def cmd_for(cell: Cell) -> list[str]:

@@ -94,6 +94,31 @@ def experiment_args(args: argparse.Namespace, e: Experiment) -> argparse.Namespa
     return a
 
 
+def lrs_from(args: argparse.Namespace) -> dict[str, float]:
+    """``--lr-from DIR``: each optimizer's best LR among DIR's runs (the report's choice:
+    :func:`scripts.report.analysis.compare`); one line and exit 2 when one has none. A dry run
+    before DIR has runs shows the grid's middle LR."""
+    from scripts.report import analyse, load_runs
+
+    runs = load_runs(args.lr_from) if Path(args.lr_from).is_dir() else []
+    best: dict[str, float] = {}
+    for c in analyse(runs, None).comparisons:
+        best |= {r.optimizer: r.best_lr for r in c.rows if r.best_lr is not None}
+    out = {}
+    for o in args.optimizers:
+        if o in best:
+            out[o] = best[o]
+        elif args.dry_run:
+            out[o] = args.lrs[len(args.lrs) // 2]
+            print(f"reproduce: {o}: no best LR in {args.lr_from} yet; shown at {out[o]:g}")
+        else:
+            raise SystemExit(
+                f"error: --lr-from {args.lr_from}: no completed {o} run there to take its best "
+                "LR from: run that experiment first"
+            )
+    return out
+
+
 def experiment_options(e: Experiment, out: Path) -> list[str]:
     """:func:`experiment_args` as ``scripts.reproduce`` options (after the command's: the
     last occurrence of an option wins)."""

@@ -205,11 +205,11 @@ def evaluate(claims: list[Claim], exps: list[Experiment]) -> list[Verdict]:
 
 def step_share(e: Experiment, optimizer: str) -> str:
     """What wall-clock here says about 360m: the optimizer's share of a step's FLOPs at these
-    shapes (:func:`scripts.experiments.plan.optimizer_flop_share`, the paper's 360m: ~0.2% at
+    shapes (:func:`scripts.flops.optimizer_flop_share`, the paper's 360m: ~0.2% at
     2M tokens, ~1.6% at 256k) and of its measured time."""
     from omegaconf import OmegaConf
 
-    from scripts.experiments.plan import optimizer_flop_share
+    from scripts.flops import optimizer_flop_share
 
     runs = list(e.runs.get(optimizer, {}).values())
     if not runs or optimizer not in ("soap", "shampoo"):
@@ -335,55 +335,6 @@ def ablation_table(exps: list[Experiment]) -> Table:
     return Table("Final losses of the ablations and their references (mean ± std over seeds)",
                  ["experiment", "optimizer", "frequency", "lr", "final loss", "seeds",
                   "AdamW's final loss minus this"], rows)  # fmt: skip
-
-
-def costs(study: str = "paper", seeds: int = 3) -> list[tuple[float, float, list[str], list[str]]]:
-    """The order in which one GPU could test the claims at a study's scale: at each step the
-    claims whose missing experiments cost the fewest estimated H100-hours, as ``(hours added,
-    hours so far, experiments added, claims testable)``, with ``scripts.reproduce``'s default
-    protocol (3 LRs, 4 schedule fractions) and ``seeds`` seeds at each best LR (one seed gives
-    no verdict)."""
-    import argparse
-
-    from scripts.experiments import study as studies
-    from scripts.experiments.plan import budget, plan
-
-    base = argparse.Namespace(
-        optimizers=["adamw", "shampoo", "soap"], lrs=[1e-3, 3.16e-3, 1e-2],
-        fractions=[0.5, 0.625, 0.75, 0.875], seeds=[0], best_seeds=list(range(1, seeds)),
-    )  # fmt: skip
-    exps, hours = [], {}
-    for e in studies.load(study):
-        a = studies.experiment_args(base, e)
-        pl = plan(e.preset, a.fractions, e.overrides)
-        hours[e.name] = budget(pl, a)[1]
-        exps.append(Experiment(e.name, e.role or "", e.reference, {}, pl["model"]))
-    groups: dict[frozenset[str], list[str]] = {}
-    for c in load_claims():
-        for name, scope in scopes(c, [e for e in exps if e.role]):
-            groups.setdefault(frozenset(e.name for e in scope), []).append(f"{c.id} ({name})")
-    done: set[str] = set()
-    out, total = [], 0.0
-    while groups:
-        key = min(groups, key=lambda k: (sum(hours[n] for n in k - done), len(k), sorted(k)))
-        added = sorted(key - done)
-        cost = sum(hours[n] for n in added)
-        total += cost
-        done |= key
-        out.append((cost, total, added, groups.pop(key)))
-    return out
-
-
-def first_on_one_gpu(study: str = "paper") -> str:
-    """:func:`costs` as lines (``make gpu-check``'s last section)."""
-    lines = [f"estimated H100-hours (6N FLOPs per token at 40% of peak; 3 seeds at each best LR) "
-             f"of the runs each claim of configs/claims/paper.yaml needs in configs/study/{study}.yaml, "
-             "cheapest first (claims whose experiments already ran cost nothing more):"]  # fmt: skip
-    for i, (cost, total, added, ids) in enumerate(costs(study), 1):
-        new = ", ".join(added) if added else "nothing new"
-        lines.append(f"{i}. +{cost:,.0f} h (so far {total:,.0f} h, {total / 24:,.0f} GPU-days) "
-                     f"for {new}: {', '.join(ids)}")  # fmt: skip
-    return "\n".join(lines)
 
 
 def to_json(vs: list[Verdict]) -> list[dict]:
