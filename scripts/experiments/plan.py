@@ -93,8 +93,9 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
     hours = 6 * p.total_params() * tokens / (PEAK * MFU) / 3600
     vocab = output_vocab(cfg)
     data = train_tokens(cfg)
+    share = optimizer_flop_share(cfg, "soap")
     cpu = CPU_SECONDS_PER_TOKEN_PARAM * (n + 2 * (vocab or PAPER_VOCAB) * p.d_model) * tokens
-    slow = (1 + OPTIMIZER_TIME_PER_FLOP_SHARE * optimizer_flop_share(cfg, "soap")) / (
+    slow = (1 + OPTIMIZER_TIME_PER_FLOP_SHARE * share) / (
         1 + OPTIMIZER_TIME_PER_FLOP_SHARE * DEMO_SHARE
     )
     return {
@@ -111,7 +112,7 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
         "precondition_frequency": int(cfg.regime.precondition_frequency),
         "tokens_between_refreshes": int(cfg.regime.precondition_frequency) * per_step,
         "steps": steps,
-        "soap_flop_share": optimizer_flop_share(cfg, "soap"),
+        "soap_flop_share": share,
         "h100_hours_full_run": hours,
         "h100_hours_fraction_runs": hours * sum(f for f in fractions if f < 1.0),
         "cpu_seconds_full_run": cpu,  # this machine's rate (estimate)
@@ -120,12 +121,17 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
     }
 
 
+def runs_per_optimizer(args: argparse.Namespace) -> tuple[int, int]:
+    """Per optimizer: full-length runs (the LR sweep and ``--best-seeds``) and the seeds each
+    schedule fraction runs with."""
+    per = len(args.seeds)
+    return per * len(args.lrs) + len(set(args.best_seeds) - set(args.seeds)), per
+
+
 def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:
     """Runs and estimated H100-hours of one experiment: the LR sweep at full length, the
     best LR at the schedule fractions, per optimizer and seed, and ``--best-seeds``."""
-    per = len(args.optimizers) * len(args.seeds)
-    extra = len(args.optimizers) * len(set(args.best_seeds) - set(args.seeds))
-    full = per * len(args.lrs) + extra
+    full, per = (len(args.optimizers) * n for n in runs_per_optimizer(args))
     hours = pl["h100_hours_full_run"] * full + pl["h100_hours_fraction_runs"] * per
     return full + per * len(args.fractions), hours
 
@@ -133,9 +139,8 @@ def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:
 def cpu_minutes(pl: dict, args: argparse.Namespace) -> float:
     """The wall-clock minutes :func:`budget`'s runs would take on the 2-core machine the rate
     was measured on, ``args.jobs`` at once (an estimate: compare it with the run's own time)."""
-    per = len(args.seeds)
-    extra = len(set(args.best_seeds) - set(args.seeds))
-    lengths = per * len(args.lrs) + extra + per * sum(pl["fractions"])
+    full, per = runs_per_optimizer(args)
+    lengths = full + per * sum(pl["fractions"])  # in full-length runs
     seconds = sum(
         lengths * pl["cpu_seconds_full_run_preconditioned" if o in ("soap", "shampoo")
                      else "cpu_seconds_full_run"]

@@ -13,8 +13,8 @@ import math
 
 from scripts.report import tables
 from scripts.report.analysis import Comparison
-from scripts.report.plots import Figure, Series, color
-from scripts.report.scale import performance_profile, seeds_reached
+from scripts.report.plots import Figure, profile_figure
+from scripts.report.scale import seeds_reached
 from scripts.report.tables import Table, fmt, interval, pct
 
 MIN_OPTIMIZERS = 4  # the paper's three get the headline alone
@@ -88,10 +88,6 @@ def profile(comparisons: list[Comparison]) -> list[Figure]:
             for c in comparisons
         }
         n = len(grid)
-        f = Figure(key, f"Performance profile ({what} to the target, over {n} experiment"
-                   f"{'s' if n != 1 else ''})", "tau (x the best)", "fraction of experiments")  # fmt: skip
-        for opt, pts in performance_profile(grid).items():
-            xs, ys = zip(*pts, strict=True)
-            f.series.append(Series(opt, list(xs), list(ys), color(opt), group=opt))
-        figs.append(f)
+        title = f"Performance profile ({what} to the target, over {n} experiment{'s' * (n != 1)})"
+        figs.append(profile_figure(key, title, grid))
     return figs

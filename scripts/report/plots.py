@@ -164,6 +164,18 @@ def figures(c: Comparison) -> list[Figure]:
     return out
 
 
+def profile_figure(key: str, title: str, grid: dict[str, dict[str, float]]) -> Figure:
+    """An AlgoPerf-style performance profile (:func:`scripts.report.scale.performance_profile`)
+    of ``grid[experiment][optimizer]`` (iterations or seconds to the target) as a figure."""
+    from scripts.report.scale import performance_profile
+
+    f = Figure(key, title, "tau (x the best)", "fraction of experiments")
+    for opt, pts in performance_profile(grid).items():
+        xs, ys = zip(*pts, strict=True)
+        f.series.append(Series(opt, list(xs), list(ys), color(opt), group=opt))
+    return f
+
+
 def loss_range(f: Figure) -> tuple[float, float] | None:
     """Up to the highest first evaluation of a curve: a run that spiked far above where every
     run started (AdEMAMix in the lineup: 32 nats) would otherwise flatten every other curve;

@@ -30,7 +30,7 @@ from scripts.report.analysis import Interval, analyse
 from scripts.report.load import load_runs
 from scripts.report.page import write_dashboard
 from scripts.report.plots import Figure, Series, color
-from scripts.report.scale import performance_profile, seeds_reached
+from scripts.report.scale import seeds_reached
 from scripts.report.tables import Table
 
 
@@ -188,12 +188,7 @@ def figures(rs: list[StudyRow], baseline: str) -> list[Figure]:
         grid: dict[str, dict[str, float]] = {}
         for r in rs:
             grid.setdefault(r.experiment, {})[r.optimizer] = getattr(r, attr)
-        f = Figure(key, f"Performance profile ({what} to the target)", "tau (x the best)",
-                   "fraction of experiments")  # fmt: skip
-        for opt, pts in performance_profile(grid).items():
-            xs, ys = zip(*pts, strict=True)
-            f.series.append(Series(opt, list(xs), list(ys), color(opt), group=opt))
-        figs.append(f)
+        figs.append(plots.profile_figure(key, f"Performance profile ({what} to the target)", grid))
     return figs
 
 

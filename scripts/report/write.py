@@ -93,11 +93,12 @@ def write_report(
     for c in analysis.comparisons:
         sub = out if single else out / c.name.replace("/", "_")
         sub.mkdir(parents=True, exist_ok=True)
-        main = [tables.headline(c), tables.cost(c)]
+        head = tables.headline(c)
+        main = [head, tables.cost(c)]
         if leaderboard.wanted(c):  # more than the paper's three optimizers: rank them first
             main.insert(0, leaderboard.table(c))
         details = [tables.headline_full(c), tables.fits(c), tables.sweep(c)]
-        headline[c.name] = main[0].markdown()
+        headline[c.name] = head.markdown()
         verdicts[c.name] = tables.verdicts(c)
         md += [f"## {c.name}", ""]
         md += [f"Target eval loss: {c.target:.4f}" if c.target is not None else "Target: none", ""]
