@@ -127,9 +127,6 @@ def decide(ev: Evidence, side: str, t: float) -> str:
     return "reproduced" if inside else "contradicted" if outside else "inconclusive"
 
 
-# --- the measures: (experiments of one scope, the claim's args) -> Evidence -----------------
-
-
 def scopes(claim: Claim, exps: list[Experiment]) -> list[tuple[str, list[Experiment]]]:
     """Where a claim is tested: each experiment of its role; the (large, small) pairs of one
     model for two roles; each reference with its ablations for an ablation role."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from scripts.report import tables
-from scripts.report.analysis import Comparison
+from scripts.report.analysis import Comparison, Row
 from scripts.report.plots import Figure, profile_figure
 from scripts.report.scale import seeds_reached
 from scripts.report.tables import Table, fmt, interval, pct
@@ -24,11 +24,19 @@ def wanted(c: Comparison) -> bool:
     return sum(r.compared for r in c.rows) >= MIN_OPTIMIZERS
 
 
-def _rank_key(c: Comparison, opt: str) -> tuple[float, float]:
-    r = c.row(opt)
-    it = r.cross_steps.mean if r and r.cross_steps else math.inf
-    loss = r.final_eval_loss.mean if r and r.final_eval_loss else math.inf
-    return it, loss
+def _rank_key(r: Row) -> tuple[float, float]:
+    it = r.cross_steps.mean if r.cross_steps else math.inf
+    return it, r.final_eval_loss.mean if r.final_eval_loss else math.inf
+
+
+def _speedup(c: Comparison, opt: str) -> str:
+    """The effective-data speedup's cell (the baseline's is 1 by definition)."""
+    if opt == c.baseline:
+        return "1.00x"
+    ed = tables.effective_data_of(c, opt)
+    if ed is None:
+        return "-"
+    return f"{ed.ratio:.2f}x" if ed.ratio is not None else "not valid"
 
 
 def _state_per_param(c: Comparison, opt: str) -> str:
@@ -45,19 +53,9 @@ def table(c: Comparison) -> Table:
     base = c.row(b)
     base_sps = base.cost.get("seconds_per_step") if base else None
     rows = []
-    ranked = sorted((r.optimizer for r in c.rows if r.compared), key=lambda o: _rank_key(c, o))
-    for i, o in enumerate(ranked, 1):
-        r = c.row(o)
-        ed = tables.effective_data_of(c, o)
-        speed = (
-            "1.00x"
-            if o == b
-            else "-"
-            if ed is None
-            else f"{ed.ratio:.2f}x"
-            if ed.ratio is not None
-            else "not valid"
-        )
+    ranked = sorted((r for r in c.rows if r.compared), key=_rank_key)
+    for i, r in enumerate(ranked, 1):
+        o = r.optimizer
         sps = r.cost.get("seconds_per_step")
         step = f"{sps / base_sps:.2f}x" if sps and base_sps else "-"
         reached = seeds_reached(r.cross_steps.values if r.cross_steps else [])
@@ -65,7 +63,7 @@ def table(c: Comparison) -> Table:
             str(i), o, fmt(r.best_lr, 3), tables.final_cell(r), interval(r.cross_steps),
             pct(r.savings.get(f"cross_steps_vs_{b}")), interval(r.cross_seconds),
             pct(r.savings.get(f"cross_seconds_vs_{b}")), f"{reached.reached} of {reached.seeds}",
-            speed, _state_per_param(c, o), step,
+            _speedup(c, o), _state_per_param(c, o), step,
         ])  # fmt: skip
     return Table(
         "leaderboard (ranked by iterations to the target; * significant)",
