@@ -5,7 +5,8 @@ Zhao et al. 2024, whose setup uses QK-LayerNorm; OLMo-2 is the ``transformers`` 
 to that (QK-norm, RMSNorm, SwiGLU, RoPE, no biases, untied embeddings). With ``qk_norm=False``
 we build the otherwise-equivalent Llama architecture, which has no QK-norm. z-loss is a loss
 term and lives in the trainer (``scripts/train.py``). Models are never downloaded: weights are
-initialised from a seed (normal, std ``init_std``).
+initialised from a seed (normal, std ``init_std``, scaled to the width when
+``init_std_width`` is set: :func:`models.presets.effective_init_std`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .presets import get_preset
+from .presets import effective_init_std, get_preset
 
 
 def build_model(
@@ -24,6 +25,7 @@ def build_model(
     max_seq_len: int = 1024,
     qk_norm: bool = True,
     init_std: float = 0.02,
+    init_std_width: int | None = None,
     seed: int = 0,
     attn_implementation: str = "sdpa",
     **_: Any,
@@ -42,7 +44,7 @@ def build_model(
         num_attention_heads=p.n_heads,
         num_key_value_heads=p.n_heads,
         max_position_embeddings=int(max_seq_len),
-        initializer_range=init_std,
+        initializer_range=effective_init_std(preset, init_std, init_std_width),
         tie_word_embeddings=False,
         use_cache=False,
         pad_token_id=None,

@@ -9,6 +9,8 @@ width a multiple of 128, SwiGLU MLP with a hidden width near 8/3 d rounded to 12
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 PAPER_VOCAB = 32100
@@ -21,6 +23,9 @@ class ModelConfig:
     preset: str = "tiny"
     qk_norm: bool = True  # OLMo-2 with QK-norm (Zhao et al. 2024 setup); False: Llama
     init_std: float = 0.02
+    # The width at which ``init_std`` holds; set, other widths get init_std * sqrt(w / d_model),
+    # a fan-in init (README, "The CPU regime": the ladder models keep the 360m's std x sqrt(d)).
+    init_std_width: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,19 @@ PRESETS: dict[str, ModelPreset] = {
         "660m", d_model=1536, n_layers=24, n_heads=24, d_ff=3968, nominal=660_000_000
     ),
 }
+
+
+def effective_init_std(preset: str, init_std: float, init_std_width: int | None) -> float:
+    """The weights' initial std: ``init_std``, or with ``init_std_width`` set, the std that keeps
+    ``init_std * sqrt(init_std_width)`` = std * sqrt(d_model) (a fan-in init, 1/sqrt(width) as
+    muP's hidden weights). OLMo-2's 0.02 at the 360m's width 1280 is 0.72/sqrt(d); at the CPU
+    ladder's width 40 the same 0.02 would be 6x smaller against the width, and it slowed AdamW
+    (not SOAP or Shampoo) enough to inflate their savings (README, "The CPU regime")."""
+    if init_std_width is None:
+        return float(init_std)
+    if init_std_width < 1:
+        raise ValueError(f"model.init_std_width must be a positive width, got {init_std_width}")
+    return float(init_std) * math.sqrt(init_std_width / get_preset(preset).d_model)
 
 
 def get_preset(name: str) -> ModelPreset:

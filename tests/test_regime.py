@@ -1,7 +1,7 @@
 """The CPU regime's arithmetic, from the presets themselves (README, "The CPU regime"): every
 full-length run at the paper's 20 tokens per non-embedding parameter on at most 4 passes, the
 demo's output layer near the paper's share, two batch regimes 8x apart with precondition
-frequency x batch held constant. A preset that breaks its stated rule fails here."""
+frequency x batch held constant, the init's std x sqrt(width) as the 360m's. A preset that breaks its stated rule fails here."""
 
 import functools
 
@@ -46,6 +46,16 @@ def test_the_output_layer_is_near_the_papers_share():
     assert pl["output_share"] <= 3 * PAPER_OUTPUT_SHARE, pl["output_share"]
     shares = [_plan(p, tuple(o))["output_share"] for _, p, o in _experiments()[1:]]
     assert min(shares) <= 1.5 * PAPER_OUTPUT_SHARE
+
+
+def test_every_model_starts_as_the_360m_against_its_width():
+    """OLMo-2's std 0.02 at the 360m's width 1280 is 0.72 / sqrt(width); the CPU models keep
+    that, not the bare 0.02 (which at width 40 is 6x smaller against the width and slowed AdamW
+    alone: README, "The CPU regime")."""
+    paper = _plan("paper_360m_small_batch", ())["init_std_x_sqrt_width"]
+    assert paper == pytest.approx(0.02 * 1280**0.5)
+    for name, p, o in _experiments():
+        assert _plan(p, tuple(o))["init_std_x_sqrt_width"] == pytest.approx(paper), name
 
 
 def test_the_ladder_spans_8x_in_size_at_both_batches():

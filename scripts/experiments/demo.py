@@ -54,6 +54,7 @@ FULL = {
     "lrs": {o: GRIDS.get(o, GRID) for o in LINEUP},
     "seeds": [1, 2],  # with the sweep's seed 0: three seeds at each best LR
     "fractions": [0.4, 0.6, 0.8],
+    "fraction_seeds": [0, 1, 2],  # the fit's points: means over the same 3 seeds at each length
     "max_extend": 1,
 }
 QUICK = {
@@ -66,6 +67,7 @@ QUICK = {
     "lrs": {"adamw": [3e-3, 1e-2], **{o: [GRIDS.get(o, GRID)[1]] for o in LINEUP[1:]}},
     "seeds": [1],
     "fractions": [0.5],
+    "fraction_seeds": [0],
     "max_extend": 0,
 }
 
@@ -187,6 +189,7 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
         seeds=[0],
         best_seeds=plan["seeds"],
         fractions=plan["fractions"],
+        fraction_seeds=plan["fraction_seeds"],
         max_extend=plan["max_extend"],
     )
     out = Path(args.out)

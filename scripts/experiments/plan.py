@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from models.presets import PAPER_VOCAB, get_preset
+from models.presets import PAPER_VOCAB, effective_init_std, get_preset
 from scripts.config import CONFIGS, compose, error_line
 from scripts.flops import optimizer_flop_share, output_vocab
 from scripts.trainer.checks import total_steps
@@ -110,6 +110,11 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
         "tokens_per_step": per_step,
         "tokens_per_step_per_param": per_step / n,
         "precondition_frequency": int(cfg.regime.precondition_frequency),
+        # the init's scale against the width (paper 360m: OLMo-2's 0.02 x sqrt(1280) = 0.72)
+        "init_std_x_sqrt_width": effective_init_std(
+            cfg.model.preset, cfg.model.init_std, cfg.model.init_std_width
+        )
+        * p.d_model**0.5,
         "tokens_between_refreshes": int(cfg.regime.precondition_frequency) * per_step,
         "steps": steps,
         "soap_flop_share": share,
@@ -125,7 +130,9 @@ def runs_per_optimizer(args: argparse.Namespace) -> tuple[int, int]:
     """Per optimizer: full-length runs (the LR sweep and ``--best-seeds``) and the seeds each
     schedule fraction runs with."""
     per = len(args.seeds)
-    return per * len(args.lrs) + len(set(args.best_seeds) - set(args.seeds)), per
+    fraction_seeds = getattr(args, "fraction_seeds", None)
+    frac = per if fraction_seeds is None else len(fraction_seeds)
+    return per * len(args.lrs) + len(set(args.best_seeds) - set(args.seeds)), frac
 
 
 def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:
@@ -163,7 +170,8 @@ def regime_line(pl: dict) -> str:
         f"{pl['tokens_per_step_per_param']:.2g} tokens per step per parameter, precondition "
         f"frequency {pl['precondition_frequency']} ({pl['tokens_between_refreshes']:,} tokens "
         f"between refreshes, {pl['steps'] / pl['precondition_frequency']:.0f} per run); "
-        f"SOAP's step {pl['soap_flop_share']:.2%} of the model's FLOPs per step"
+        f"SOAP's step {pl['soap_flop_share']:.2%} of the model's FLOPs per step; "
+        f"init std x sqrt(width) {pl['init_std_x_sqrt_width']:.2f} (paper 360m: 0.72)"
     )
 
 

@@ -64,11 +64,18 @@ class Protocol:
     preset: str
     optimizers: list[str]
     lrs: dict[str, list[float]]
-    seeds: list[int] = field(default_factory=lambda: [0])  # the sweep's (and fractions')
+    seeds: list[int] = field(default_factory=lambda: [0])  # the sweep's
     best_seeds: list[int] = field(default_factory=list)  # more seeds at each best LR
     fractions: list[float] = field(default_factory=list)  # < 1: schedule-fraction runs
     max_extend: int = 0
     tuned: dict[str, float] = field(default_factory=dict)  # optimizer -> tuned LR (no sweep)
+    # Each fraction's seeds (None: the sweep's): several average the seed noise out of the
+    # fit's points, whose differences between lengths are otherwise of the noise's size.
+    fraction_seeds: list[int] | None = None
+
+    @property
+    def seeds_per_fraction(self) -> list[int]:
+        return list(self.seeds if self.fraction_seeds is None else self.fraction_seeds)
 
     def count(self) -> int:
         """Runs before any extension."""
@@ -76,7 +83,7 @@ class Protocol:
         for o in self.optimizers:
             n += len(self.seeds) * (1 if o in self.tuned else len(self.lrs[o]))
             n += len(set(self.best_seeds) - set(self.seeds))
-            n += len(self.seeds) * len([f for f in self.fractions if f < 1])
+            n += len(self.seeds_per_fraction) * len([f for f in self.fractions if f < 1])
         return n
 
 
@@ -87,7 +94,10 @@ def follow_ups(p: Protocol, optimizer: str, lr: float) -> list[Cell]:
     """The runs at an optimizer's best (or tuned) LR: more seeds, then the fractions."""
     seeds = [s for s in p.best_seeds if s not in p.seeds]
     return [Cell(optimizer, lr, 1.0, s, "seeds") for s in seeds] + [
-        Cell(optimizer, lr, f, s, "fractions") for f in p.fractions if f < 1 for s in p.seeds
+        Cell(optimizer, lr, f, s, "fractions")
+        for f in p.fractions
+        if f < 1
+        for s in p.seeds_per_fraction
     ]
 
 

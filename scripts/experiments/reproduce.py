@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         help="schedule fractions run at each best LR (none: --fractions alone)",
     )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--fraction-seeds", nargs="+", type=int, default=None, help="each "
+                    "fraction's seeds (default: --seeds); the fit averages them")  # fmt: skip
     ap.add_argument(
         "--extend",
         type=int,
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=list(args.seeds),
         best_seeds=list(args.best_seeds),
         fractions=list(args.fractions),
+        fraction_seeds=args.fraction_seeds,
         max_extend=args.extend,
         tuned={o: t["lr"] for o, t in tuned.items()},
     )

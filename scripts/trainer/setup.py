@@ -134,6 +134,7 @@ def setup(cfg: DictConfig) -> Run:
         max_seq_len=cfg.regime.seq_len,
         qk_norm=cfg.model.qk_norm,
         init_std=cfg.model.init_std,
+        init_std_width=cfg.model.init_std_width,
         seed=cfg.seed,
     )
     counts = count_parameters(lm)
