@@ -10,7 +10,6 @@ width a multiple of 128, SwiGLU MLP with a hidden width near 8/3 d rounded to 12
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 PAPER_VOCAB = 32100
