@@ -83,7 +83,8 @@ claims: install
 # best, schedule fractions), then the leaderboard: results/lineup. Add yours:
 # make lineup OPTIMIZERS="adamw soap yours" (with configs/optimizer/yours.yaml).
 lineup: install
-	$(PY) -m scripts.demo --optimizers $(OPTIMIZERS) --out results/runs/lineup --report-out results/lineup
+	$(PY) -m scripts.demo --optimizers $(OPTIMIZERS) --fraction-seeds 0 --out results/runs/lineup \
+		--report-out results/lineup
 
 demo-quick: install
 	$(PY) -m scripts.demo --quick --out results/runs/demo-quick

@@ -41,6 +41,19 @@ def test_sweep_then_seeds_and_fractions_at_the_best():
     ]
 
 
+def test_fractions_run_with_their_own_seeds():
+    """The demo's fit averages 3 seeds at each length: each fraction with every fraction seed,
+    counted in the plan; without ``fraction_seeds``, the sweep's seeds as before."""
+    ran: list[Cell] = []
+    p = Protocol("demo", ["soap"], {"soap": [1e-3, 3.16e-3, 1e-2]}, best_seeds=[1, 2],
+                 fractions=[0.4, 0.8, 1.0], fraction_seeds=[0, 1, 2])  # fmt: skip
+    run(p, lambda c: ran.append(c) or done(bowl(3.16e-3)(c)), log=lambda m: None)
+    fractions = sorted((c.fraction, c.seed) for c in ran if c.phase == "fractions")
+    assert fractions == [(f, s) for f in (0.4, 0.8) for s in (0, 1, 2)]
+    assert len(ran) == p.count() == 3 + 2 + 6
+    assert Protocol("x", ["soap"], {"soap": [1e-3]}, seeds=[0, 5]).seeds_per_fraction == [0, 5]
+
+
 def test_edge_extension_is_its_own_phase_and_bounded():
     ran: list[Cell] = []
     p = Protocol("x", ["adamw"], {"adamw": [1e-3, 3.16e-3]}, fractions=[0.5], max_extend=2)

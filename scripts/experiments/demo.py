@@ -11,8 +11,8 @@ run on a fixed set (a schedule-fraction run: at its end only,
 The protocol (:mod:`scripts.experiments.protocol`, the paper's in miniature): every optimizer
 sweeps the same half-decade LR grid at full length (extended by one value when the best sits
 on its edge); its best LR is then run with two more seeds (3 in all: model initialisation and
-data order) and at schedule fractions 0.4, 0.6 and 0.8 (each with its own full cosine
-schedule) for the power-law fit; then the report and the dashboard. Runs that do not wait on
+data order) and at schedule fractions 0.4, 0.6 and 0.8 with the same 3 seeds (each with its
+own full cosine schedule) for the power-law fit; then the report and the dashboard. Runs that do not wait on
 each other run at once (``--jobs``; by default one per core, each with one thread:
 :mod:`scripts.experiments.cells`), each timed on its own and recorded with the concurrency it
 ran under. The report checks the regime's criteria (best LR interior, no eval loss of a
@@ -139,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         "see scripts/experiments/cells.py)",
     )
     ap.add_argument(
+        "--fraction-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="each schedule fraction's seeds (default: 0 1 2, the fit's points averaged over "
+        "3 seeds; `make lineup` runs 0 alone: it ranks by iterations, not by the fit)",
+    )
+    ap.add_argument(
         "overrides",
         nargs="*",
         help="Hydra overrides for every run, e.g. data=local data.paths=[book.txt]",
@@ -189,7 +197,7 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
         seeds=[0],
         best_seeds=plan["seeds"],
         fractions=plan["fractions"],
-        fraction_seeds=plan["fraction_seeds"],
+        fraction_seeds=args.fraction_seeds or plan["fraction_seeds"],
         max_extend=plan["max_extend"],
     )
     out = Path(args.out)
