@@ -1,7 +1,8 @@
 """The CPU regime's arithmetic, from the presets themselves (README, "The CPU regime"): every
 full-length run at the paper's 20 tokens per non-embedding parameter on at most 4 passes, the
 demo's output layer near the paper's share, two batch regimes 8x apart with precondition
-frequency x batch held constant, the init's std x sqrt(width) as the 360m's. A preset that breaks its stated rule fails here."""
+frequency x batch held constant, the init's std x sqrt(width) as the 360m's. A preset that
+breaks its stated rule fails here."""
 
 import functools
 

@@ -27,6 +27,7 @@ def costs(study: str = "paper", seeds: int = 3) -> list[tuple[float, float, list
     base = argparse.Namespace(
         optimizers=["adamw", "shampoo", "soap"], lrs=[1e-3, 3.16e-3, 1e-2],
         fractions=[0.5, 0.625, 0.75, 0.875], seeds=[0], best_seeds=list(range(1, seeds)),
+        fraction_seeds=None,
     )  # fmt: skip
     exps, hours = [], {}
     for e in studies.load(study):

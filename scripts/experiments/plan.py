@@ -130,8 +130,7 @@ def runs_per_optimizer(args: argparse.Namespace) -> tuple[int, int]:
     """Per optimizer: full-length runs (the LR sweep and ``--best-seeds``) and the seeds each
     schedule fraction runs with."""
     per = len(args.seeds)
-    fraction_seeds = getattr(args, "fraction_seeds", None)
-    frac = per if fraction_seeds is None else len(fraction_seeds)
+    frac = per if args.fraction_seeds is None else len(args.fraction_seeds)
     return per * len(args.lrs) + len(set(args.best_seeds) - set(args.seeds)), frac
 
 
