@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[harness,dev,postgres,lineup]"
 	touch $@
 
+# Two pytest-xdist workers, one torch thread each (tests/conftest.py): on 2 cores the suite's
+# processes wait on each other's subprocesses and files about half the time (TEST_WORKERS=0:
+# one process, as before).
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-all: install
 	$(PY) -m pytest -q -m ""

@@ -38,6 +38,14 @@ def run_inprocess(overrides: list[str], cache_dir: Path) -> int:
     return run_training(compose(overrides, cache_dir))
 
 
+def port(base: int) -> int:
+    """A fixed torchrun port of a test, moved per pytest-xdist worker (gw0, gw1, ...) so
+    that tests running at once in two workers never share one (the tests' ports are
+    29531-29651; each worker gets its own block of 200)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return base + 200 * int(worker.removeprefix("gw") or 0)
+
+
 def _env(extra: dict | None = None) -> dict:
     return {
         **os.environ,

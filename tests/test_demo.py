@@ -44,15 +44,32 @@ def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
             (x["preset"], x["phase"]) == (tags[r]["preset"], tags[r]["phase"])
             for r, x in recs.items()
         )
+    # Another fraction into the same --out: only the missing run runs, the rest is kept.
+    before = {r: (out / "adamw" / r / "summary.json").stat().st_mtime_ns for r in runs_of(out)}
+    argv = ["--quick", "--jobs", "1", "--optimizers", "adamw", "--fractions", "0.25"]
+    assert main([*argv, "--out", str(out), f"cache_dir={cache_dir}"]) == 0
+    new = set(runs_of(out)) - set(before)
+    assert len(new) == 1 and new.pop().endswith("_frac0.25_seed0"), runs_of(out)
+    assert all(
+        (out / "adamw" / r / "summary.json").stat().st_mtime_ns == m for r, m in before.items()
+    )
+    capsys.readouterr()
     # The savings' sensitivity to round-off: each best run again, eager (a quick check here).
     from scripts.experiments import robustness
     from scripts.experiments.demo import QUICK
 
     argv = [str(out), f"cache_dir={cache_dir}", *QUICK["overrides"], "--variants", "eager, 2 threads"]  # fmt: skip
     assert robustness.main(argv) == 0
-    table = capsys.readouterr().out.split("iterations saved against adamw")[1]
+    printed = capsys.readouterr().out
+    table = printed.split("iterations saved against adamw")[1]
     assert "| soap |" in table and "| shampoo |" in table and "eager, 2 threads" in table
-    assert len(list((out / "robustness").rglob("summary.json"))) == 3
+    # every seed at each best LR (the demo's statistic is their mean): seeds 0 and 1 here
+    assert "seeds per optimizer: 2;" in printed
+    assert len(list((out / "robustness").rglob("summary.json"))) == 6
+
+
+def runs_of(out) -> list[str]:
+    return sorted(p.name for p in (out / "adamw").iterdir())
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")

@@ -15,6 +15,7 @@ import torch
 from tests.dist_worker import CASES as CASES_BY_NAME
 from tests.dist_worker import CKPT_CASES, SHAPES
 from tests.helpers import REPO, _env
+from tests.helpers import port as worker_port
 from tests.numerics import assert_has_teeth, assert_within, problem, tolerances
 
 WORKER = str(REPO / "tests" / "dist_worker.py")
@@ -26,7 +27,7 @@ def _torchrun(n: int, out: Path, modes: str, port: int) -> None:
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={n}",
-        f"--master_port={port}",
+        f"--master_port={worker_port(port)}",
         WORKER,
         str(out),
         modes,

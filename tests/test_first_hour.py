@@ -183,6 +183,8 @@ def test_a_report_never_replaces_committed_results_with_fewer(tmp_path):
     work = tmp_path / "tune-demo"
     shutil.copytree(src, work, ignore=shutil.ignore_patterns("runs"))
     before = (work / "tune.md").read_text()
-    r = _run(["scripts.tune_report", str(work)], timeout=120)
+    # From an empty directory: the trials' run directories are relative to the repository
+    # root, and a working tree that ran `make tune-demo` has them there (a clean clone not).
+    r = _run(["scripts.tune_report", str(work)], timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "not here" in r.stderr and (work / "tune.md").read_text() == before

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.helpers import cli, metrics, summary
+from tests.helpers import port as worker_port
 from tests.test_train import TWO, _continues, _curve_tolerance, _same_curve, _twin_runs
 
 ARGS = [*TWO, "optimizer=soap", "regime.max_precond_dim=128", "train.checkpoint_every=3"]
@@ -21,7 +22,7 @@ ARGS = [*TWO, "optimizer=soap", "regime.max_precond_dim=128", "train.checkpoint_
 def _torchrun(n: int, port: int) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}",
-        f"--master_port={port}", "-m",
+        f"--master_port={worker_port(port)}", "-m",
     ]  # fmt: skip
 
 

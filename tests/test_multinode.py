@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.helpers import cli, metrics, spawn, summary
+from tests.helpers import port as worker_port
 from tests.test_train import _curve_tolerance, _same_curve, _twin_runs, _wait_for_lines
 
 RUN = [
@@ -31,7 +32,7 @@ def _node(rank: int, port: int, run_dir, cache_dir) -> subprocess.Popen:
         f"--node-rank={rank}",
         "--nproc-per-node=1",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=localhost:{port}",
+        f"--rdzv-endpoint=localhost:{worker_port(port)}",
         "--rdzv-id=soap-bench-test",
         "-m",
     ]

@@ -355,8 +355,8 @@ def test_losses_that_no_power_law_fits_are_flagged_not_extrapolated():
     # parameter at its bound and must be reported as such.
     f = fit_power_law([100, 150, 200], [6.247, 5.923, 5.236])
     assert not f.ok and "no valid fit" in f.reason
-    # the evidence, from the data: the drop per iteration grows (0.0065 -> 0.0137)
-    assert "0.0065 (100->150), 0.0137 (150->200)" in f.reason
+    # the evidence, from the data: the drop per iteration grows (0.00648 -> 0.0137)
+    assert "0.00648 (100->150), 0.0137 (150->200)" in f.reason
     # a fit column in the headline needs a saving: the baseline's fit alone is not one
     from types import SimpleNamespace
 

@@ -21,6 +21,7 @@ from tests.helpers import (
     spawn,
     summary,
 )
+from tests.helpers import port as worker_port
 
 
 # Muon's bf16 Newton-Schulz is slow on CPU (~30 s here); it learns in tests/test_lineup.py too.
@@ -153,7 +154,7 @@ def _torchrun(port: int) -> list[str]:
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={port}",
+        f"--master_port={worker_port(port)}",
         "-m",
     ]
 

@@ -139,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         "see scripts/experiments/cells.py)",
     )
     ap.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        default=None,
+        help="schedule fractions run at each best LR, besides the full length (default: 0.4 "
+        "0.6 0.8; the fit needs 3 run lengths). Into an existing --out only the missing runs run",
+    )
+    ap.add_argument(
         "--fraction-seeds",
         nargs="+",
         type=int,
@@ -196,7 +204,7 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
         lrs=lrs,
         seeds=[0],
         best_seeds=plan["seeds"],
-        fractions=plan["fractions"],
+        fractions=args.fractions or plan["fractions"],
         fraction_seeds=args.fraction_seeds or plan["fraction_seeds"],
         max_extend=plan["max_extend"],
     )
