@@ -181,8 +181,8 @@ def compile_overrides() -> list[str]:
     layers made the demo's forward+backward ~20% faster on a 2-core VM (README, "CPU runs at
     once, measured"). The compile is paid once per process, in the first run's warm-up steps
     (outside the clock): the demo's runs share their process and, being the same model, the
-    same compiled code. Round-off differs from eager, so curves
-    move by the runs' own chaos (README: read the savings to about +-5 points)."""
+    same compiled code. Round-off differs from eager, so curves move by the runs' own chaos:
+    one seed's saving by up to ~6 points, the 3-seed mean by ~1 (README)."""
     from scripts.trainer.checks import cpp_compiler
 
     if cpp_compiler() is None:
