@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,7 +188,9 @@ def prepare(
     max_tokens = cfg.max_tokens
     tok = tokenizer_for(cfg, cache_dir)
     dtype = _dtype_for(tok.vocab_size, cfg.dtype)
-    tmp = root.with_name(root.name + ".tmp")
+    # A folder of this process's own: two runs started at once on a cold cache both prepare
+    # (the first to finish publishes; a shared ".tmp" had one delete the other's files).
+    tmp = root.with_name(f"{root.name}.tmp{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     splits = {}
@@ -226,9 +229,26 @@ def prepare(
         "seconds": round(time.time() - t0, 2),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-    return Prepared(root, manifest)
+    return _publish(tmp, root, manifest, cfg.verify == "full")
+
+
+def _publish(tmp: Path, root: Path, manifest: dict, full_verify: bool) -> Prepared:
+    """Move ``tmp`` into place with one rename, unless another process has published the
+    same data first (then its copy is used: runs may already be reading it)."""
+    for _ in range(2):
+        try:
+            tmp.rename(root)
+            return Prepared(root, manifest)
+        except OSError:  # root exists and is not empty
+            try:
+                found = load_prepared(root, full_verify)
+            except DataError:
+                found = None
+            if found is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return found
+            shutil.rmtree(root, ignore_errors=True)  # a stale, incomplete one
+    raise DataError(f"could not move prepared data into {root}: delete it and run again")
 
 
 def tokenizer_for(cfg: DataConfig, cache_dir: str | Path, wait: bool = False) -> Tokenizer:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +86,7 @@ def train_bpe(docs: Iterable[str], vocab_size: int, path: Path) -> None:
         show_progress=False,
     )
     tok.train_from_iterator(docs, trainer=trainer)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")  # see prepare()
     tok.save(str(tmp))
     tmp.replace(path)
 

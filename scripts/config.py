@@ -184,6 +184,9 @@ class RunConfig:
     protocol: ProtocolTag = field(default_factory=ProtocolTag)
     experiment_name: str = "default"
     seed: int = 0
+    # The training data's order (which sequences each step sees, and at under one pass which
+    # of them at all); None: ``seed``, which then sets the init and the order together.
+    data_seed: int | None = None
     run_dir: str = MISSING
     # auto: continue the latest checkpoint of the same configuration; never: refuse an existing
     # run; force: continue even if the configuration differs (recorded in summary.json)

@@ -121,7 +121,7 @@ def setup(cfg: DictConfig) -> Run:
         grad_accum=accum,
         world_size=acc.num_processes,
         rank=acc.process_index,
-        seed=cfg.seed,
+        seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
         eval_sequences=cfg.train.eval_sequences,
         eval_batch_size=cfg.train.eval_batch_size,
         progress=acc.is_main_process and cfg.train.progress,
