@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -190,8 +191,8 @@ def prepare(
     dtype = _dtype_for(tok.vocab_size, cfg.dtype)
     # A folder of this process's own: two runs started at once on a cold cache both prepare
     # (the first to finish publishes; a shared ".tmp" had one delete the other's files).
-    tmp = root.with_name(f"{root.name}.tmp{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_abandoned(root)
+    tmp = root.with_name(f"{root.name}.tmp-{_HOST}-{os.getpid()}-{threading.get_ident()}")
     tmp.mkdir(parents=True)
     splits = {}
     for split in SPLITS:
@@ -230,6 +231,22 @@ def prepare(
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return _publish(tmp, root, manifest, cfg.verify == "full")
+
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Delete the folders of preparations of ``root`` killed on this host (their process is
+    gone); other hosts' (a shared file system) are left to them."""
+    for d in root.parent.glob(f"{root.name}.tmp-{_HOST}-*"):
+        pid = int(d.name.split("-")[-2])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _publish(tmp: Path, root: Path, manifest: dict, full_verify: bool) -> Prepared:

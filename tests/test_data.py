@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 from itertools import islice
 
 import numpy as np
@@ -416,3 +417,23 @@ def test_two_preparations_at_once_both_succeed_on_one_copy(tmp_path):
     assert a.root == b.root and a.manifest["splits"] == b.manifest["splits"]
     assert [p.name for p in a.root.parent.iterdir()] == [a.root.name]  # no folder left behind
     verify(a.root, a.manifest, full=True)
+
+
+def test_a_killed_preparation_leaves_nothing_behind(tmp_path):
+    """A preparation killed mid-write leaves its own folder; the next preparation on this host
+    removes it once its process is gone, and leaves a live one's alone."""
+    import subprocess
+
+    from data.prepare import _HOST, prepared_root
+
+    cfg = D(tokenizer={"vocab_size": 257}, max_tokens=20_000)
+    root = prepared_root(cfg, 64, tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = root.with_name(f"{root.name}.tmp-{_HOST}-{dead.pid}-1")
+    alive = root.with_name(f"{root.name}.tmp-{_HOST}-{os.getpid()}-1")
+    for d in (gone, alive):
+        d.mkdir(parents=True)
+        (d / "train-00000.bin").write_bytes(b"partial")
+    prepare(cfg, 64, tmp_path, progress=False)
+    assert not gone.exists() and alive.exists()
