@@ -66,6 +66,10 @@ def test_quick_demo_end_to_end(tmp_path, cache_dir, capsys):
     # every seed at each best LR (the demo's statistic is their mean): seeds 0 and 1 here
     assert "seeds per optimizer: 2;" in printed
     assert len(list((out / "robustness").rglob("summary.json"))) == 6
+    # ... and the demo's report still reads the demo's runs alone (they were counted as seeds)
+    from scripts.report.load import load_runs
+
+    assert len(load_runs(out)) == len(list(out.glob("*/lr*/summary.json")))
 
 
 def runs_of(out) -> list[str]:

@@ -11,6 +11,8 @@ Two measures (terms as in :mod:`scripts.clock`):
    where the fit reaches the target, the wall-clock needed is that ``N`` times the measured
    seconds per step. A fit pinned at a parameter bound does not describe the data and is
    reported as such, never extrapolated.
+3. Seed by seed (:mod:`scripts.report.paired`): each seed's saving at the baseline's final
+   loss of that seed, as the claims scorecard measures it; printed as notes.
 
 Each optimizer is compared at its best learning rate (:func:`scripts.measures.best_lr` over
 full-length runs of the seeds every LR shares, i.e. the sweep's). The default target is the
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from scripts.measures import INF, best_lr, crossing
 from scripts.report.fit import Fit, fit_power_law
 from scripts.report.load import RunDir
+from scripts.report.paired import paired_notes
 
 
 @dataclass
@@ -235,7 +238,7 @@ def compare(
         rows.append(row)
     _savings(rows, baseline, own_target)
     c = Comparison(name, target, baseline, rows, sweep, runs, notes, target_given=not own_target)
-    c.notes += regime_checks(c) + timing_checks(c) + noise_floor(c)
+    c.notes += regime_checks(c) + timing_checks(c) + noise_floor(c) + paired_notes(c)
     return c
 
 

@@ -85,7 +85,7 @@ def _paired(
     return runs, sorted(set.intersection(*(set(r) for r in runs)))
 
 
-def _saved(scope: list[Experiment], a: dict, key: str) -> dict[int, float] | str:
+def saved_by_seed(scope: list[Experiment], a: dict, key: str) -> dict[int, float] | str:
     """Per seed, 1 - (to reach AdamW's final loss of the seed) mine / the other's; AdamW's
     own: its full length (it reaches its final loss at its last iteration by definition)."""
     got = _paired(scope, ["adamw", a["optimizer"], a["versus"]])
@@ -115,16 +115,16 @@ def _evidence(got: dict[int, float] | str) -> Evidence:
 
 
 def iterations_saved(scope: list[Experiment], a: dict) -> Evidence:
-    return _evidence(_saved(scope, a, "steps"))
+    return _evidence(saved_by_seed(scope, a, "steps"))
 
 
 def wall_clock_saved(scope: list[Experiment], a: dict) -> Evidence:
-    return _evidence(_saved(scope, a, "seconds"))
+    return _evidence(saved_by_seed(scope, a, "seconds"))
 
 
 def batch_gain(scope: list[Experiment], a: dict) -> Evidence:
     """Per seed, the iteration saving at the large batch minus at the small (same model)."""
-    large, small = (_saved([e], a, "steps") for e in scope)
+    large, small = (saved_by_seed([e], a, "steps") for e in scope)
     if isinstance(large, str) or isinstance(small, str):
         return Evidence(missing=large if isinstance(large, str) else str(small))
     vals = [large[s] - small[s] for s in sorted(set(large) & set(small))]

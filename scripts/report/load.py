@@ -79,5 +79,10 @@ def load_runs(runs_dir: str | Path) -> list[RunDir]:
         env_path = d / "env.json"
         env = json.loads(env_path.read_text()) if env_path.exists() else {}
         mtime = (env_path if env_path.exists() else d).stat().st_mtime
+        if rec.phase == "robustness":
+            # Re-runs of the comparison's own runs under other kernels or thread counts
+            # (scripts.experiments.robustness, into <runs>/robustness): counted here they
+            # became extra seeds of the same seeds.
+            continue
         runs.append(RunDir(d, rec, env, mtime))
     return runs
