@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import TYPE_CHECKING
+from typing import Any
 
 from scripts.report.claim_measures import Experiment, saved_by_seed
 
-if TYPE_CHECKING:  # analysis calls this module
-    from scripts.report.analysis import Comparison
 
-
-def paired_notes(c: Comparison) -> list[str]:
-    """One line per optimizer against the baseline and against Shampoo, where both have at
+def paired_notes(c: Any) -> list[str]:
+    """For a :class:`scripts.report.analysis.Comparison` (which calls this; typed loosely to
+    keep the import one-way): one line per optimizer against the baseline and against Shampoo, where both have at
     least 2 seeds in common at their best LRs (none with a target given by hand: the pairs'
     targets are the baseline's own)."""
     if c.target_given or c.row(c.baseline) is None:
