@@ -72,7 +72,7 @@ tune-demo: install
 # LR, 2 schedule fractions; 2 runs at once.
 study-demo: install
 	$(PY) -m scripts.reproduce --study cpu_ladder --gpus 1 --jobs 2 --optimizers adamw soap \
-		--lrs 0.00316 0.01 0.0316 --extend 1 --fractions 0.5 0.75 --best-seeds 1 \
+		--lrs 0.00316 0.01 0.0316 --extend 2 --fractions 0.5 0.75 --best-seeds 1 \
 		--out results/study-demo train.compile=true
 
 # The paper's claims on this machine (configs/study/claims.yaml, claims as data in
@@ -81,7 +81,7 @@ study-demo: install
 # opens with the scorecard: results/claims/report/report.md. ~25 min on 2 cores.
 claims: install
 	$(PY) -m scripts.reproduce --study claims --gpus 1 --jobs 2 --optimizers adamw shampoo soap \
-		--lrs 0.00316 0.01 0.0316 --extend 1 --fractions 0.5 0.75 --best-seeds 1 2 \
+		--lrs 0.00316 0.01 0.0316 --extend 2 --fractions 0.5 0.75 --best-seeds 1 2 \
 		--out results/claims train.compile=true
 
 # The field's optimizers under the demo's protocol (LR sweep with edge extension, 3 seeds at the
