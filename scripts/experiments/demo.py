@@ -9,8 +9,8 @@ run on a fixed set (a schedule-fraction run: at its end only,
 :func:`scripts.experiments.plan.cell_overrides`).
 
 The protocol (:mod:`scripts.experiments.protocol`, the paper's in miniature): every optimizer
-sweeps the same half-decade LR grid at full length (extended by one value when the best sits
-on its edge); its best LR is then run with two more seeds (3 in all: model initialisation and
+sweeps the same half-decade LR grid at full length (extended by one value, up to twice, while
+the best sits on its edge); its best LR is then run with two more seeds (3 in all: model initialisation and
 data order) and at schedule fractions 0.4, 0.6 and 0.8 with the same 3 seeds (each with its
 own full cosine schedule) for the power-law fit; then the report and the dashboard. Runs that
 do not wait on each other run at once (``--jobs``; by default one per core, each with one thread:
@@ -55,7 +55,7 @@ FULL = {
     "seeds": [1, 2],  # with the sweep's seed 0: three seeds at each best LR
     "fractions": [0.4, 0.6, 0.8],
     "fraction_seeds": [0, 1, 2],  # the fit's points: means over the same 3 seeds at each length
-    "max_extend": 1,
+    "max_extend": 2,  # the lineup's Adafactor still sat on the edge after one
 }
 QUICK = {
     "overrides": [
