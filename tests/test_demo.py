@@ -218,3 +218,22 @@ def json_status(run_dir) -> str | None:
 
     p = run_dir / "summary.json"
     return json.loads(p.read_text())["status"] if p.exists() else None
+
+
+def test_robustness_counts_a_failed_rerun_as_not_reached(tmp_path):
+    """A variant's run that crashed or diverged has no crossing: its saving is "not reached"
+    (negative infinity), never a traceback; an AdamW run without a record stops with one line."""
+    from scripts.experiments.robustness import savings
+    from tests.test_report import make_run
+
+    hist = [{"step": 50, "eval_loss": 3.0, "train_seconds": 5.0},
+            {"step": 100, "eval_loss": 2.0, "train_seconds": 10.0}]  # fmt: skip
+    adamw = [make_run(tmp_path, "adamw", 1e-2, 1.0, hist, seed=s) for s in (0, 1)]
+    soap = [make_run(tmp_path, "soap", 1e-2, 1.0, hist[:1] + [{**hist[1], "step": 60}], seed=0),
+            make_run(tmp_path, "soap", 1e-2, 1.0, hist, seed=1, status="diverged")]  # fmt: skip
+    assert savings({"adamw": adamw, "soap": soap[:1]})["soap"] == pytest.approx(0.4)
+    assert savings({"adamw": adamw, "soap": soap})["soap"] == float("-inf")
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    with pytest.raises(SystemExit, match="did not complete"):
+        savings({"adamw": [adamw[0], lost], "soap": soap[:1]})

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from scripts.experiments.protocol import Cell
-from scripts.measures import crossing
+from scripts.measures import INF, crossing
 from scripts.record import RunRecord
 
 VARIANTS = {  # name -> (train.compile, threads)
@@ -61,12 +61,20 @@ def savings(runs: dict[str, list[Path]]) -> dict[str, float]:
     mean N_opt / N_adamw`` (a seed that never reaches it gives a negative infinity saving)."""
     recs = {o: [RunRecord.read(d) for d in ds] for o, ds in runs.items()}
     base = recs["adamw"]
+    if not all(r is not None and r.completed for r in base):
+        bad = [str(d) for d, r in zip(runs["adamw"], base, strict=True) if not (r and r.completed)]
+        raise SystemExit(f"error: adamw run {bad[0]} did not complete: no target; re-run it")
     target = statistics.fmean(r.final_eval_loss for r in base)
     n_base = statistics.fmean(r.steps for r in base)
     out = {}
     for o, rs in recs.items():
-        if o != "adamw":
-            n = statistics.fmean(crossing([vars(e) for e in r.eval_history], target)[0] for r in rs)
+        if o != "adamw":  # a run that crashed or diverged never reaches the target
+            n = statistics.fmean(
+                crossing([vars(e) for e in r.eval_history], target)[0]
+                if r is not None and r.completed
+                else INF
+                for r in rs
+            )
             out[o] = 1 - n / n_base
     return out
 
