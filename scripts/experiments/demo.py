@@ -10,12 +10,12 @@ run on a fixed set (a schedule-fraction run: at its end only,
 
 The protocol (:mod:`scripts.experiments.protocol`, the paper's in miniature): every optimizer
 sweeps the same half-decade LR grid at full length (extended by one value, up to twice, while
-the best sits on its edge); its best LR is then run with two more seeds (3 in all: model initialisation and
-data order) and at schedule fractions 0.4, 0.6 and 0.8 with the same 3 seeds (each with its
-own full cosine schedule) for the power-law fit; then the report and the dashboard. Runs that
-do not wait on each other run at once (``--jobs``; by default one per core, each with one thread:
-:mod:`scripts.experiments.cells`), each timed on its own and recorded with the concurrency it
-ran under. The report checks the regime's criteria (best LR interior, no eval loss of a
+the best sits on its edge); its best LR is then run with two more seeds (3 in all: model
+initialisation and data order) and at schedule fractions 0.4, 0.6 and 0.8 with the same 3
+seeds (each with its own full cosine schedule) for the power-law fit; then the report and the
+dashboard. Runs that do not wait on each other run at once (``--jobs``; by default one per
+core, each with one thread: :mod:`scripts.experiments.cells`), each timed on its own and
+recorded with the concurrency it ran under. The report checks the regime's criteria (best LR interior, no eval loss of a
 best-LR run above its first) and says which savings are significant.
 ``--quick`` runs a few steps per cell (the CI smoke test).
 """

@@ -36,21 +36,25 @@ VARIANTS = {  # name -> (train.compile, threads)
 
 
 def best_runs(demo: Path, seeds: list[int] | None = None) -> dict[str, list[Path]]:
-    """Each optimizer's full-length runs at its best LR (the lowest seed-0 final loss, as the
-    demo's sweep chose it): every completed seed there, or those of ``seeds``."""
+    """Each optimizer's completed full-length runs at its best LR, as the demo's report chose
+    it (:meth:`scripts.report.analysis.Comparison.best_runs`): every seed there, or those of
+    ``seeds``."""
+    from scripts.report.analysis import analyse
+    from scripts.report.load import load_runs
+
+    comparisons = analyse(load_runs(demo), None).comparisons
+    if len(comparisons) != 1:
+        raise SystemExit(f"error: {demo} holds {len(comparisons)} model/regime groups: give one")
+    (c,) = comparisons
     best: dict[str, list[Path]] = {}
-    for opt_dir in sorted(p for p in demo.iterdir() if p.is_dir() and p.name != "report"):
-        sweep = {d: RunRecord.read(d) for d in opt_dir.glob("lr*_frac1_seed0")}
-        done = {d: r.final_eval_loss for d, r in sweep.items() if r and r.completed}
-        if not done:
-            continue
-        lr = min(done, key=done.get).name.split("_frac")[0]
-        runs = sorted(opt_dir.glob(f"{lr}_frac1_seed*"), key=lambda d: int(d.name.split("seed")[1]))
-        runs = [d for d in runs if (r := RunRecord.read(d)) is not None and r.completed]
-        if seeds is not None:
-            runs = [d for d in runs if int(d.name.split("seed")[1]) in seeds]
+    for row in c.rows:
+        runs = sorted(
+            (r for r in c.best_runs(row.optimizer) if r.completed),
+            key=lambda r: r.seed,
+        )
+        runs = [r.run_dir for r in runs if seeds is None or r.seed in seeds]
         if runs:
-            best[opt_dir.name] = runs
+            best[row.optimizer] = runs
     if "adamw" not in best:
         raise SystemExit(f"error: no completed adamw run in {demo} (seeds {seeds}): run the demo")
     return best

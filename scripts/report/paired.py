@@ -19,9 +19,9 @@ from scripts.report.claim_measures import Experiment, saved_by_seed
 
 def paired_notes(c: Any) -> list[str]:
     """For a :class:`scripts.report.analysis.Comparison` (which calls this; typed loosely to
-    keep the import one-way): one line per optimizer against the baseline and against Shampoo, where both have at
-    least 2 seeds in common at their best LRs (none with a target given by hand: the pairs'
-    targets are the baseline's own)."""
+    keep the import one-way): one line per optimizer against the baseline and against
+    Shampoo, where both have at least 2 seeds in common at their best LRs (none with a target
+    given by hand: the pairs' targets are the baseline's own)."""
     if c.target_given or c.row(c.baseline) is None:
         return []
     runs = {r.optimizer: {x.seed: x for x in c.best_runs(r.optimizer)} for r in c.rows}
