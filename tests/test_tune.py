@@ -257,3 +257,16 @@ def test_workers_starting_together_all_open_a_new_database(tmp_path):
         for p in procs:
             _, err = p.communicate(timeout=120)
             assert p.returncode == 0, err[-1000:]
+
+
+def test_an_axis_on_one_beta_keeps_the_other_where_the_config_put_it():
+    """A beta2 axis writes the whole ``optimizer.betas`` list; its beta1 comes from the trial's
+    own config (the CPU regime's 0.9), not a fixed pair, and AdEMAMix keeps its third beta."""
+    from scripts.experiments.tune import _list_keys
+
+    demo = _list_keys("adamw", ("experiment=demo",))
+    assert cd.overrides({"beta2": 0.99}, demo) == ["optimizer.betas=[0.9,0.99]"]
+    paper = _list_keys("adamw", ("experiment=paper_360m_small_batch",))
+    assert cd.overrides({"beta2": 0.99}, paper) == ["optimizer.betas=[0.95,0.99]"]
+    ademamix = _list_keys("ademamix", ("experiment=demo",))
+    assert cd.overrides({"beta1": 0.9}, ademamix) == ["optimizer.betas=[0.9,0.95,0.9999]"]

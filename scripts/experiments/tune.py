@@ -23,6 +23,7 @@ other machines (or in Slurm array tasks) with the same ``tune.storage`` joins th
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -94,12 +95,32 @@ def synthetic(config: dict[str, float], seed: int, seconds: float) -> dict[str, 
     return {"loss": loss, "status": "completed", "seconds": seconds}
 
 
+_COMPOSE = threading.Lock()  # Hydra's compose state is global; workers are threads
+
+
+@functools.cache
+def _list_keys(opt: str, rest: tuple[str, ...]) -> dict[str, list[float]]:
+    """The optimizer's list-valued settings as a trial's config has them, so that an axis on
+    one element (beta2) keeps the other where the regime put it (the CPU regime's beta1 0.9),
+    not at a fixed default."""
+    from omegaconf import OmegaConf
+
+    from scripts.config import compose
+
+    with _COMPOSE:
+        cfg = compose([f"optimizer={opt}", *rest, "run_dir=."])
+        optim = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    return {f"optimizer.{k}": v for k, v in optim.items() if isinstance(v, list)}
+
+
 def train(config: dict[str, float], seed: int, opt: str, rest: list[str], run_dir: Path) -> dict:
     """One training run (a subprocess, so a crash is a result); its final eval loss."""
     from scripts.record import RunRecord
 
     cmd = [sys.executable, "-m", "scripts.train", f"optimizer={opt}", *rest]
-    cmd += [*cd.overrides(config), f"seed={seed}", f"run_dir={run_dir}", "train.progress=false"]
+    fixed = _list_keys(opt, tuple(rest))
+    cmd += [*cd.overrides(config, fixed), f"seed={seed}", f"run_dir={run_dir}"]
+    cmd += ["train.progress=false"]
     # Provenance (scripts/experiments/protocol.py): the tuning phase of its experiment preset.
     preset = next((a.split("=", 1)[1] for a in rest if a.startswith("experiment=")), "none")
     cmd += [f"protocol.preset={preset}", "protocol.phase=tune"]
