@@ -163,6 +163,9 @@ def test_worker_killed_before_its_first_heartbeat(tmp_path, uninterrupted):
     config, seed = replay(space.axes["adamw"], space.threshold, space.noise_seeds, {}, 30).pending[
         0
     ]
+    from scripts.experiments.tune_setting import setting
+
+    study.set_user_attr("setting", setting("synthetic", space.axes["adamw"], "adamw", []))
     study.enqueue_trial({}, user_attrs={"key": key(config, seed), "config": config, "seed": seed})
     orphan = study.ask()
     assert orphan.user_attrs["config"] == config  # now RUNNING, no heartbeat, no worker
@@ -262,7 +265,7 @@ def test_workers_starting_together_all_open_a_new_database(tmp_path):
 def test_an_axis_on_one_beta_keeps_the_other_where_the_config_put_it():
     """A beta2 axis writes the whole ``optimizer.betas`` list; its beta1 comes from the trial's
     own config (the CPU regime's 0.9), not a fixed pair, and AdEMAMix keeps its third beta."""
-    from scripts.experiments.tune import _list_keys
+    from scripts.experiments.tune_setting import list_keys as _list_keys
 
     demo = _list_keys("adamw", ("experiment=demo",))
     assert cd.overrides({"beta2": 0.99}, demo) == ["optimizer.betas=[0.9,0.99]"]
@@ -270,3 +273,30 @@ def test_an_axis_on_one_beta_keeps_the_other_where_the_config_put_it():
     assert cd.overrides({"beta2": 0.99}, paper) == ["optimizer.betas=[0.95,0.99]"]
     ademamix = _list_keys("ademamix", ("experiment=demo",))
     assert cd.overrides({"beta1": 0.9}, ademamix) == ["optimizer.betas=[0.9,0.95,0.9999]"]
+
+
+def test_a_study_resumes_only_under_its_own_setting(tmp_path):
+    """A study's trials hold for the space and training config they ran under: re-running
+    into it with another space (or, for real training, another config such as the regime's
+    betas) is refused in one line; the same setting resumes (nothing left to run)."""
+    out = tmp_path / "out"
+    args = [f"tune.out={out}", "tune.optimizers=[adamw]", "tune.budget=4"]
+    assert _tune(args).returncode == 0
+    again = _tune(args)
+    assert again.returncode == 0 and "trial adamw #" not in again.stdout, again.stderr[-2000:]
+    space = tmp_path / "other.yaml"
+    text = (REPO / "configs" / "tune" / "synthetic.yaml").read_text()
+    space.write_text(text.replace("start: 3.16e-3", "start: 1.0e-2"))
+    r = _tune([*args, f"tune.space={space}"])
+    assert r.returncode == 2 and "another space or training config" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_setting_sees_the_regimes_betas_and_not_the_machine():
+    from scripts.experiments.tune_setting import setting
+
+    axes = [cd.Axis("lr", [1e-2, 3e-2], 1e-2)]
+    demo = setting("train", axes, "adamw", ["experiment=demo"])
+    assert demo == setting("train", axes, "adamw", ["experiment=demo", "cache_dir=/elsewhere"])
+    assert demo != setting("train", axes, "adamw", ["experiment=demo", "regime.betas=[0.95,0.95]"])
+    assert demo != setting("train", axes[:0], "adamw", ["experiment=demo"])

@@ -23,7 +23,6 @@ other machines (or in Slurm array tasks) with the same ``tune.storage`` joins th
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from typing import Any
 from scripts import coordinate as cd
 from scripts.cli import wants_help
 from scripts.experiments.cells import device_env, die_with_parent, visible_devices
+from scripts.experiments.tune_setting import check_studies, list_keys, setting
 from scripts.experiments.tune_storage import storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,30 +95,12 @@ def synthetic(config: dict[str, float], seed: int, seconds: float) -> dict[str, 
     return {"loss": loss, "status": "completed", "seconds": seconds}
 
 
-_COMPOSE = threading.Lock()  # Hydra's compose state is global; workers are threads
-
-
-@functools.cache
-def _list_keys(opt: str, rest: tuple[str, ...]) -> dict[str, list[float]]:
-    """The optimizer's list-valued settings as a trial's config has them, so that an axis on
-    one element (beta2) keeps the other where the regime put it (the CPU regime's beta1 0.9),
-    not at a fixed default."""
-    from omegaconf import OmegaConf
-
-    from scripts.config import compose
-
-    with _COMPOSE:
-        cfg = compose([f"optimizer={opt}", *rest, "run_dir=."])
-        optim = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    return {f"optimizer.{k}": v for k, v in optim.items() if isinstance(v, list)}
-
-
 def train(config: dict[str, float], seed: int, opt: str, rest: list[str], run_dir: Path) -> dict:
     """One training run (a subprocess, so a crash is a result); its final eval loss."""
     from scripts.record import RunRecord
 
     cmd = [sys.executable, "-m", "scripts.train", f"optimizer={opt}", *rest]
-    fixed = _list_keys(opt, tuple(rest))
+    fixed = list_keys(opt, tuple(rest))
     cmd += [*cd.overrides(config, fixed), f"seed={seed}", f"run_dir={run_dir}"]
     cmd += ["train.progress=false"]
     # Provenance (scripts/experiments/protocol.py): the tuning phase of its experiment preset.
@@ -268,10 +250,15 @@ def run(tc: TuneConfig, study: Any, trial: Any, opt: str, rest: list[str], store
     )
 
 
-def summary(tc: TuneConfig, space: cd.Space, store: Any) -> dict[str, Any]:
+def summary(
+    tc: TuneConfig, space: cd.Space, store: Any, rest: list[str] | None = None
+) -> dict[str, Any]:
     """Per optimizer: the best configuration, its loss, and what the search spent."""
     import optuna
     from optuna.trial import TrialState
+
+    real = tc.objective == "train"
+    fixed = {o: list_keys(o, tuple(rest or [])) if real else None for o in tc.optimizers}
 
     src = Path(space.source).resolve()
     shown = src.relative_to(REPO) if src.is_relative_to(REPO) else src
@@ -296,7 +283,7 @@ def summary(tc: TuneConfig, space: cd.Space, store: Any) -> dict[str, Any]:
             "trials": len(done),
             "diverged": sum(t.user_attrs.get("status") != "completed" for t in done),
             "compute_seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in done), 3),
-            "overrides": cd.overrides(st.incumbent),
+            "overrides": cd.overrides(st.incumbent, fixed.get(opt)),
             "trials_table": sorted(
                 (
                     {
@@ -325,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     except cd.SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    digests = {o: setting(tc.objective, space.axes[o], o, rest) for o in tc.optimizers}
+    where = tc.storage or str(Path(tc.out) / "tune.db")
+    refusal = check_studies(store, tc.study_name, where, digests)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return EXIT_CONFIG
     # Each worker's trainings on its own GPU (a pre-set CUDA_VISIBLE_DEVICES subdivided);
     # this process is worker 0. Nothing changes on a CPU machine.
     gpus = 1 if visible_devices() else 0
@@ -344,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     work(tc, space, rest, store)
     codes = [h.wait() for h in helpers]
-    res = summary(tc, space, store)
+    res = summary(tc, space, store, rest)
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps(res, indent=2))

@@ -53,7 +53,9 @@ def sensitivity(r: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
         pts = [
             (t["config"][axis], t["loss"])
             for t in r["trials_table"]
-            if t["seed"] == 0 and all(v == best[k] for k, v in t["config"].items() if k != axis)
+            if t["seed"] == 0
+            and axis in t["config"]  # a trial from before the axis existed has no value for it
+            and all(v == best[k] for k, v in t["config"].items() if k != axis)
         ]
         out[axis] = sorted(pts)
     return out
