@@ -4,6 +4,7 @@ axis). Both read the trial config the trainer composes (:func:`scripts.config.co
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -17,7 +18,9 @@ _VOLATILE = ("run_dir", "resume", "cache_dir", "seed", "wandb", "protocol")
 _VOLATILE_IN = {"train": ("progress", "log_every"), "data": ("num_proc",)}
 
 
+@functools.cache
 def _composed(opt: str, rest: tuple[str, ...]) -> dict[str, Any]:
+    """Composed once per (optimizer, overrides) for both uses below; callers copy before editing."""
     from omegaconf import OmegaConf
 
     from scripts.config import compose
@@ -27,7 +30,6 @@ def _composed(opt: str, rest: tuple[str, ...]) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True)
 
 
-@functools.cache
 def list_keys(opt: str, rest: tuple[str, ...]) -> dict[str, list[float]]:
     """The optimizer's list-valued settings as a trial's config has them, so that an axis on
     one element (beta2) keeps the other where the regime put it (the CPU regime's beta1 0.9),
@@ -41,7 +43,7 @@ def setting(objective: str, axes: list[Any], opt: str, rest: list[str]) -> str:
     real training, the whole trial config but the machine-dependent keys."""
     parts: dict[str, Any] = {"axes": [repr(a) for a in axes], "objective": objective}
     if objective == "train":
-        full = _composed(opt, tuple(rest))
+        full = copy.deepcopy(_composed(opt, tuple(rest)))
         for k in _VOLATILE:
             full.pop(k, None)
         for group, keys in _VOLATILE_IN.items():
