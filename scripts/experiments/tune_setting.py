@@ -35,7 +35,7 @@ def list_keys(opt: str, rest: tuple[str, ...]) -> dict[str, list[float]]:
     one element (beta2) keeps the other where the regime put it (the CPU regime's beta1 0.9),
     not at a fixed default."""
     optim = _composed(opt, rest)["optimizer"]
-    return {f"optimizer.{k}": v for k, v in optim.items() if isinstance(v, list)}
+    return {f"optimizer.{k}": list(v) for k, v in optim.items() if isinstance(v, list)}
 
 
 def setting(objective: str, axes: list[Any], opt: str, rest: list[str]) -> str:
