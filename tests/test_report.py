@@ -371,6 +371,40 @@ def test_losses_that_no_power_law_fits_are_flagged_not_extrapolated():
     assert f.steps_for(5.3) == float("inf")
 
 
+def test_fit_weights_each_length_by_its_seeds_spread():
+    # AdamW in the CPU demo at 256 tokens per step (results/regime/demo-256, 3 seeds at 40,
+    # 60, 80 and 100% of 3,128 steps): the short runs spread 8x more than the full ones, and
+    # ordinary least squares let them pin the asymptote at 0.
+    pts = [(1251, 2.043), (1251, 2.073), (1251, 2.145), (1877, 1.923), (1877, 1.925)]
+    pts += [(1877, 2.031), (2502, 1.833), (2502, 1.845), (2502, 1.849), (3128, 1.769)]
+    pts += [(3128, 1.771), (3128, 1.781)]
+    n, loss = [p[0] for p in pts], [p[1] for p in pts]
+    f = fit_power_law(n, loss)
+    assert f.ok and 0.5 < f.a < 1.2 and 0.2 < f.beta < 0.4
+    assert f.weighting.startswith("1/s^2") and "0.0524 at 1251" in f.weighting
+    # the weighted curve follows the precise long runs: it passes within their spread
+    assert abs(f.residuals[-1]) < 0.02 and abs(np.mean(f.residuals[-3:])) < 0.01
+    import scipy.optimize
+
+    unweighted = scipy.optimize.curve_fit(
+        lambda x, a, b, c: a + b * np.power(x, -c),
+        np.array(n, float),
+        np.array(loss),
+        p0=(1.27, 0.5 * 1251**0.5, 0.5),
+        bounds=([0, 0, 1e-3], [np.inf, np.inf, 5]),
+        maxfev=20000,
+    )[0]
+    assert unweighted[0] < 1e-6  # what the unweighted fit did: a at its bound
+    # seeds that agree by chance do not take all the weight: floored at 0.25 x the median
+    from scripts.report.fit import seed_weights
+
+    sigma, how = seed_weights([(1, 3.0), (1, 3.0), (2, 2.0), (2, 2.2), (3, 1.9), (3, 2.1)])
+    assert sigma[0] == pytest.approx(0.25 * np.std([2.0, 2.2], ddof=1))
+    # one run per length: unweighted, as the paper
+    assert seed_weights([(1, 3.0), (2, 2.5), (3, 2.3)]) == (None, "none (one run per length)")
+    assert fit_power_law([100, 200, 400], [3.0, 2.6, 2.4]).weighting.startswith("none")
+
+
 def test_regime_criteria_are_checked(tmp_path):
     """The demo's criteria: best LR interior to its sweep; no eval loss of a best-LR run
     above its first evaluation."""

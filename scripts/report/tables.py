@@ -182,7 +182,7 @@ def cost(c: Comparison) -> Table:
 
 
 def fits(c: Comparison) -> Table:
-    header = ["optimizer", "a", "b", "beta", "rmse", "residuals", "points (N, loss)"]
+    header = ["optimizer", "a", "b", "beta", "rmse", "weights", "residuals", "points (N, loss)"]
     rows = []
     for r in c.rows:
         f = r.fit
@@ -198,12 +198,13 @@ def fits(c: Comparison) -> Table:
                     f"{f.b:.4g}",
                     f"{f.beta:.4f}",
                     f"{f.rmse:.4f}",
+                    f.weighting,
                     res,
                     pts,
                 ]
             )
         else:
-            rows.append([r.optimizer, f.reason or "-", "", "", fmt(f.rmse), res, pts])
+            rows.append([r.optimizer, f.reason or "-", "", "", fmt(f.rmse), f.weighting, res, pts])
     return Table("power-law fits L(N) = a + b N^-beta", header, rows)
 
 
