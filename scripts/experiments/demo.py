@@ -2,9 +2,9 @@
 
 The regime (``configs/experiment/demo.yaml``; README, "The CPU regime"), at the paper's
 proportions where a 2-core machine allows: the 40k-parameter model at 20 tokens per
-non-embedding parameter (1,564 steps of 4 x 128 tokens, the CPU regime's small batch, whose
-steps per run and tokens per step per parameter are the paper's large batch's), a byte-level
-vocabulary, precondition frequency 80, cosine schedule with 10% warmup, 50 evaluations per
+non-embedding parameter (3,128 steps of 2 x 128 tokens, the CPU regime's small batch, whose
+steps per run and tokens per step per parameter are near the paper's large batch's), a
+byte-level vocabulary, precondition frequency 160, cosine schedule with 10% warmup, 50 evaluations per
 run on a fixed set (a schedule-fraction run: at its end only,
 :func:`scripts.experiments.plan.cell_overrides`).
 
