@@ -80,7 +80,7 @@ study-demo: install
 # ladder and the variants at the small batch's best LRs, 3 seeds; then the study report, which
 # opens with the scorecard: results/claims/report/report.md. ~25 min on 2 cores.
 claims: install
-	$(PY) -m scripts.reproduce --study claims --gpus 1 --jobs 2 --optimizers adamw shampoo soap \
+	$(PY) -m scripts.reproduce --study claims --gpus 1 --jobs 2 --optimizers adamw shampoo soap --runoff 2 \
 		--lrs 0.00316 0.01 0.0316 --extend 2 --fractions 0.5 0.75 --best-seeds 1 2 \
 		--out results/claims train.compile=true
 

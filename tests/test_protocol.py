@@ -41,6 +41,34 @@ def test_sweep_then_seeds_and_fractions_at_the_best():
     ]
 
 
+def test_runoff_chooses_the_best_lr_on_every_seed():
+    """The CPU demo's case: on seed 0 lr 0.0316 edges out 0.01 (1.751 against 1.756), over
+    every seed 0.01 is better; with ``runoff=2`` both run the extra seeds and 0.01 wins, its
+    fractions follow, and the count includes the loser's seeds."""
+    finals = {(1e-2, 0): 1.756, (1e-2, 1): 1.78, (1e-2, 2): 1.77, (3.16e-2, 0): 1.751}
+    finals |= {(3.16e-2, 1): 1.85, (3.16e-2, 2): 1.84, (3.16e-3, 0): 1.79, (1e-1, 0): 1.88}
+    ran: list[Cell] = []
+    logs: list[str] = []
+    p = Protocol("demo", ["adamw"], {"adamw": [3.16e-3, 1e-2, 3.16e-2, 1e-1]}, best_seeds=[1, 2],
+                 fractions=[0.5], fraction_seeds=[0, 1], runoff=2)  # fmt: skip
+    best = run(p, lambda c: ran.append(c) or done(finals.get((c.lr, c.seed), 2.0)), logs.append)
+    assert best == {"adamw": 1e-2}
+    seeds = sorted((c.lr, c.seed) for c in ran if c.phase == "seeds")
+    assert seeds == [(1e-2, 1), (1e-2, 2), (3.16e-2, 1), (3.16e-2, 2)]
+    assert {(c.lr, c.seed) for c in ran if c.phase == "fractions"} == {(1e-2, 0), (1e-2, 1)}
+    assert len(ran) == p.count() == 4 + 4 + 2
+    assert any("runoff chose lr 0.01" in m for m in logs)
+    # without the runoff, the paper's pick on one seed: 0.0316
+    p.runoff = 1
+    assert run(p, lambda c: done(finals.get((c.lr, c.seed), 2.0)), lambda m: None) == {
+        "adamw": 3.16e-2
+    }
+    # a tuned optimizer, or no extra seeds: no runoff
+    assert not Protocol("x", ["adamw"], {"adamw": [1e-2]}, best_seeds=[0], runoff=2).runs_off(
+        "adamw"
+    )
+
+
 def test_fractions_run_with_their_own_seeds():
     """The demo's fit averages 3 seeds at each length: each fraction with every fraction seed,
     counted in the plan; without ``fraction_seeds``, the sweep's seeds as before."""

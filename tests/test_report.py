@@ -318,6 +318,25 @@ def test_several_seeds_give_an_uncertainty_and_significance(tmp_path):
     assert Interval(close).separated_from(adamw.cross_steps) is False
 
 
+def test_after_a_runoff_the_best_lr_is_chosen_on_every_seed(tmp_path):
+    """A runoff (the protocol's ``runoff=2``): the two best LRs of the sweep ran seeds 1 and
+    2; the report picks the lower mean over the three seeds, as the protocol did, not seed 0's
+    winner; the sweep table stays on seed 0."""
+
+    def hist(final):
+        return [{"step": 100, "eval_loss": final, "train_seconds": 100.0}]
+
+    for seed, final in enumerate((1.751, 1.833, 1.847)):
+        make_run(tmp_path, "adamw", 3.16e-2, 1.0, hist(final), seed=seed)
+    for seed, final in enumerate((1.756, 1.78, 1.77)):
+        make_run(tmp_path, "adamw", 1e-2, 1.0, hist(final), seed=seed)
+    make_run(tmp_path, "adamw", 3.16e-3, 1.0, hist(1.79), seed=0)
+    c = _comparison(load_runs(tmp_path), target=None)
+    assert c.row("adamw").best_lr == 1e-2
+    assert c.target == pytest.approx((1.756 + 1.78 + 1.77) / 3)
+    assert c.sweep["adamw"] == {3.16e-3: 1.79, 1e-2: 1.756, 3.16e-2: 1.751}
+
+
 def test_best_lr_compares_the_sweep_seed_not_extra_seeds_of_the_winner(tmp_path):
     """The demo's protocol: a sweep with seed 0, then two more seeds at the winner. The winner
     regresses to the mean over three seeds; the runner-up (one run) must not take its place."""

@@ -131,7 +131,9 @@ def runs_per_optimizer(args: argparse.Namespace) -> tuple[int, int]:
     schedule fraction runs with."""
     per = len(args.seeds)
     frac = per if args.fraction_seeds is None else len(args.fraction_seeds)
-    return per * len(args.lrs) + len(set(args.best_seeds) - set(args.seeds)), frac
+    extra = len(set(args.best_seeds) - set(args.seeds))
+    k = min(getattr(args, "runoff", 1), len(args.lrs)) if extra else 1
+    return per * len(args.lrs) + k * extra, frac
 
 
 def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:

@@ -8,6 +8,13 @@ This harness adds one rule: while the best LR sits on its grid's edge, the sweep
 decade further (``max_extend`` times at most). With full tuning (``tuned``), an optimizer's
 sweep is its tuned LR alone.
 
+A second rule, the runoff (``runoff`` = k > 1): the sweep's k best LRs all run the extra
+seeds, and the best LR is the one with the lowest mean over every seed. The paper picks on one
+run per LR; where AdamW's seed noise (0.05 at lr 0.0316 in the CPU demo) is as large as the
+gap between LRs, that pick is a coin flip (the demo chose 0.0316 on seed 0, 1.751 against
+0.01's 1.756, where 0.01 is better by 0.06 over 4-10 seeds: results/regime/batch.md). The
+runoff costs ``(k - 1) x`` the extra seeds per optimizer; the winner's runs are its seeds.
+
 The engine is event-driven: the runs that do not wait on each other are submitted together,
 and an optimizer's follow-up runs start as soon as its own sweep is done. Who trains a run is
 the caller's ``submit``: in this process or in worker processes (the demo), or a training
@@ -72,6 +79,11 @@ class Protocol:
     # Each fraction's seeds (None: the sweep's): several average the seed noise out of the
     # fit's points, whose differences between lengths are otherwise of the noise's size.
     fraction_seeds: list[int] | None = None
+    runoff: int = 1  # the sweep's best LRs that run best_seeds before the best is chosen
+
+    def runs_off(self, optimizer: str) -> bool:
+        extra = set(self.best_seeds) - set(self.seeds)
+        return self.runoff > 1 and optimizer not in self.tuned and bool(extra)
 
     @property
     def seeds_per_fraction(self) -> list[int]:
@@ -82,7 +94,8 @@ class Protocol:
         n = 0
         for o in self.optimizers:
             n += len(self.seeds) * (1 if o in self.tuned else len(self.lrs[o]))
-            n += len(set(self.best_seeds) - set(self.seeds))
+            k = min(self.runoff, len(self.lrs[o])) if self.runs_off(o) else 1
+            n += k * len(set(self.best_seeds) - set(self.seeds))
             n += len(self.seeds_per_fraction) * len([f for f in self.fractions if f < 1])
         return n
 
@@ -90,10 +103,23 @@ class Protocol:
 Submit = Callable[[Cell], "Future[float | None]"]  # a future of the run's final eval loss
 
 
-def follow_ups(p: Protocol, optimizer: str, lr: float) -> list[Cell]:
-    """The runs at an optimizer's best (or tuned) LR: more seeds, then the fractions."""
-    seeds = [s for s in p.best_seeds if s not in p.seeds]
-    return [Cell(optimizer, lr, 1.0, s, "seeds") for s in seeds] + [
+def seed_cells(p: Protocol, optimizer: str, lr: float) -> list[Cell]:
+    return [Cell(optimizer, lr, 1.0, s, "seeds") for s in p.best_seeds if s not in p.seeds]
+
+
+def runoff_lrs(p: Protocol, results: list[tuple[float, float | None]]) -> list[float]:
+    """The sweep's ``p.runoff`` best LRs with a finite mean (best first)."""
+    by_lr: dict[float, list[tuple[float, float | None]]] = {}
+    for lr, loss in results:
+        by_lr.setdefault(lr, []).append((lr, loss))
+    ranked = sorted((best_lr(v)[1], lr) for lr, v in by_lr.items())
+    return [lr for loss, lr in ranked if math.isfinite(loss)][: p.runoff]
+
+
+def follow_ups(p: Protocol, optimizer: str, lr: float, seeds: bool = True) -> list[Cell]:
+    """The runs at an optimizer's best (or tuned) LR: more seeds (unless a runoff ran them),
+    then the fractions."""
+    return (seed_cells(p, optimizer, lr) if seeds else []) + [
         Cell(optimizer, lr, f, s, "fractions")
         for f in p.fractions
         if f < 1
@@ -108,9 +134,10 @@ def run(
     run of its sweep was finite: it gets no follow-ups). ``dry``: the runs' futures hold no
     losses, and follow-ups are shown at the grid's middle LR. A :class:`CannotStart` from a
     future propagates (the caller cancels what has not started)."""
-    sweeps: dict[Future, Cell] = {}
+    sweeps: dict[Future, Cell] = {}  # the runs that decide the best LR
     results: dict[str, list[tuple[float, float | None]]] = {o: [] for o in p.optimizers}
     extended = dict.fromkeys(p.optimizers, 0)
+    runoff: dict[str, list[float]] = {}  # optimizer -> the LRs in its runoff
     follow: list[Future] = []
     best: dict[str, float] = {}
 
@@ -128,7 +155,13 @@ def run(
             o = cell.optimizer
             results[o].append((cell.lr, f.result()))
             if any(c.optimizer == o for c in sweeps.values()):
-                continue  # its sweep is still running
+                continue  # its sweep (or runoff) is still running
+            if o in runoff:  # the runoff is done: the lowest mean over every seed wins
+                found = best_lr(x for x in results[o] if x[0] in runoff[o])
+                best[o] = found[0] if found is not None else runoff[o][0]
+                log(f"protocol: {o}'s runoff chose lr {best[o]:g} (mean over every seed)")
+                follow += [submit(c) for c in follow_ups(p, o, best[o], seeds=False)]
+                continue
             nxt = None if o in p.tuned else edge_extension(results[o])
             if nxt is not None and extended[o] < p.max_extend:
                 extended[o] += 1
@@ -146,6 +179,17 @@ def run(
                 lr = lrs[len(lrs) // 2]
             else:
                 log(f"protocol: no {o} run of the sweep ended finite: no follow-up runs")
+                continue
+            lrs = runoff_lrs(p, results[o]) if p.runs_off(o) and not dry else [lr]
+            if len(lrs) > 1:
+                runoff[o] = lrs
+                log(
+                    f"protocol: {o}'s best lrs {', '.join(f'{x:g}' for x in lrs)} run "
+                    f"seeds {', '.join(str(c.seed) for c in seed_cells(p, o, lr))} (the runoff)"
+                )
+                for x in lrs:
+                    for c in seed_cells(p, o, x):
+                        go(c)
                 continue
             best[o] = lr
             follow += [submit(c) for c in follow_ups(p, o, lr)]

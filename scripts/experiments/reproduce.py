@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="more seeds at each best LR, full length (the demo's protocol: seeds 1 2)",
     )
+    ap.add_argument("--runoff", type=int, default=1, help="the sweep's K best LRs all run "
+                    "--best-seeds; the lowest mean over every seed wins (1: the paper's pick)")  # fmt: skip
     ap.add_argument(
         "--jobs",
         type=int,
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         lrs={o: list(args.lrs) for o in args.optimizers},
         seeds=list(args.seeds),
         best_seeds=list(args.best_seeds),
+        runoff=args.runoff,
         fractions=list(args.fractions),
         fraction_seeds=args.fraction_seeds,
         max_extend=args.extend,

@@ -15,7 +15,8 @@ Two measures (terms as in :mod:`scripts.clock`):
    loss of that seed, as the claims scorecard measures it; printed as notes.
 
 Each optimizer is compared at its best learning rate (:func:`scripts.measures.best_lr` over
-full-length runs of the seeds every LR shares, i.e. the sweep's). The default target is the
+full-length runs of the seeds every LR shares, i.e. the sweep's; after a runoff, over every
+seed of the LRs in it). The default target is the
 baseline's (AdamW's) final eval loss at full length (mean over its seeds at its best LR), as
 in the paper. Crashed, diverged and never-reaching runs count as "not reached"
 (infinite), never dropped.
@@ -176,6 +177,23 @@ def _like_with_like(full: list[RunDir]) -> list[RunDir]:
     return [r for r in full if r.seed in common] if common else full
 
 
+def _runoff(full: list[RunDir]) -> list[RunDir] | None:
+    """The runs of a runoff (:mod:`scripts.experiments.protocol`): when two or more LRs ran
+    more seeds than the rest, the best LR is chosen among them on the seeds they share, as
+    the protocol chose it; None when there was no runoff."""
+    seeds: dict[float, set[int]] = {}
+    for r in full:
+        seeds.setdefault(r.lr, set()).add(r.seed)
+    if len(seeds) < 2:
+        return None
+    most = max(len(v) for v in seeds.values())
+    top = [lr for lr, v in seeds.items() if len(v) == most]
+    if len(top) < 2 or most == min(len(v) for v in seeds.values()):
+        return None
+    shared = set.intersection(*(seeds[lr] for lr in top))
+    return [r for r in full if r.lr in top and r.seed in shared]
+
+
 def compare(
     name: str, runs: list[RunDir], target: float | None, baseline: str = "adamw"
 ) -> Comparison:
@@ -191,7 +209,7 @@ def compare(
             f = _final(r)
             by_lr.setdefault(r.lr, []).append(f if f is not None else INF)
         sweep[opt] = {lr: statistics.fmean(v) for lr, v in sorted(by_lr.items())}
-        found = best_lr((r.lr, _final(r)) for r in full)
+        found = best_lr((r.lr, _final(r)) for r in (_runoff(full_all) or full))
         if found is not None:
             # the mean over every seed of the chosen LR (the sweep's value is the selected,
             # hence optimistically biased, one)

@@ -82,7 +82,8 @@ def write_report(
         "synchronised, eval/checkpoint/warm-up excluded); the target is an eval loss (default: "
         "the baseline's mean final eval loss over its seeds at full length, at its best LR, which "
         "it reaches by definition at its last iteration; the best LR is chosen on the sweep's "
-        "seed, so that every LR is compared like with like). Savings are "
+        "seed, so that every LR is compared like with like, or after a runoff on every seed of "
+        "the LRs in it). Savings are "
         "1 - mine/baseline; intervals are mean ± sample standard deviation over seeds; * marks "
         "a significant saving (intervals do not overlap); 'not reached' counts as infinite.",
         "",
