@@ -45,7 +45,7 @@ def test_a_study_mixing_tokens_per_parameter_says_so_unless_allowed(tmp_path, mo
     assert reproduce.main(["--study", "mixed", "--plan"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: study mixed: its experiments differ in tokens per")
-    assert "(a: 19.9, b: 5.15)" in err[-1] and "--allow-mixed-tokens-per-param" in err[-1]
+    assert "(a: 20.1, b: 4.98)" in err[-1] and "--allow-mixed-tokens-per-param" in err[-1]
     assert reproduce.main(["--study", "mixed", "--plan", "--allow-mixed-tokens-per-param"]) == 0
     monkeypatch.setattr(study, "STUDIES", real)
     assert reproduce.main(["--study", "cpu_ladder", "--plan"]) == 0  # held at 20
