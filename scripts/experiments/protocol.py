@@ -109,10 +109,9 @@ def seed_cells(p: Protocol, optimizer: str, lr: float) -> list[Cell]:
 
 def runoff_lrs(p: Protocol, results: list[tuple[float, float | None]]) -> list[float]:
     """The sweep's ``p.runoff`` best LRs with a finite mean (best first)."""
-    by_lr: dict[float, list[tuple[float, float | None]]] = {}
-    for lr, loss in results:
-        by_lr.setdefault(lr, []).append((lr, loss))
-    ranked = sorted((best_lr(v)[1], lr) for lr, v in by_lr.items())
+    ranked = sorted(
+        (best_lr((x, y) for x, y in results if x == lr)[1], lr) for lr in {x for x, _ in results}
+    )
     return [lr for loss, lr in ranked if math.isfinite(loss)][: p.runoff]
 
 

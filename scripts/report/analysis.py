@@ -164,15 +164,20 @@ def _final(r: RunDir) -> float | None:
     return r.final_eval_loss if r.completed else None
 
 
+def _seeds_by_lr(full: list[RunDir]) -> dict[float, set[int]]:
+    seeds: dict[float, set[int]] = {}
+    for r in full:
+        seeds.setdefault(r.lr, set()).add(r.seed)
+    return seeds
+
+
 def _like_with_like(full: list[RunDir]) -> list[RunDir]:
     """The full-length runs the best LR is chosen from: only the seeds that every swept LR
     has (the sweep's seed), when there are any. Extra seeds run at the winner alone would
     otherwise put a mean over several seeds against single runs of the other LRs, and the
     winner's expected regression to the mean could hand the choice to a runner-up that was
     never re-run. The extra seeds still give the best LR's interval."""
-    seeds: dict[float, set[int]] = {}
-    for r in full:
-        seeds.setdefault(r.lr, set()).add(r.seed)
+    seeds = _seeds_by_lr(full)
     common = set.intersection(*seeds.values()) if seeds else set()
     return [r for r in full if r.seed in common] if common else full
 
@@ -181,9 +186,7 @@ def _runoff(full: list[RunDir]) -> list[RunDir] | None:
     """The runs of a runoff (:mod:`scripts.experiments.protocol`): when two or more LRs ran
     more seeds than the rest, the best LR is chosen among them on the seeds they share, as
     the protocol chose it; None when there was no runoff."""
-    seeds: dict[float, set[int]] = {}
-    for r in full:
-        seeds.setdefault(r.lr, set()).add(r.seed)
+    seeds = _seeds_by_lr(full)
     if len(seeds) < 2:
         return None
     most = max(len(v) for v in seeds.values())
