@@ -49,12 +49,17 @@ def power_law(n: np.ndarray, a: float, b: float, beta: float) -> np.ndarray:
     return a + b * np.power(n, -beta)
 
 
-def _shape_evidence(pts: list[tuple[float, float]]) -> str:
-    """Why no power law fits, from the data: ``a + b N^-beta`` (b, beta > 0) is convex, so
-    its loss drop per iteration shrinks as N grows; say so when a measured drop grows."""
+def _by_length(pts: list[tuple[float, float]]) -> dict[float, list[float]]:
     by_n: dict[float, list[float]] = {}
     for n, x in pts:
         by_n.setdefault(n, []).append(x)
+    return by_n
+
+
+def _shape_evidence(pts: list[tuple[float, float]]) -> str:
+    """Why no power law fits, from the data: ``a + b N^-beta`` (b, beta > 0) is convex, so
+    its loss drop per iteration shrinks as N grows; say so when a measured drop grows."""
+    by_n = _by_length(pts)
     ns = sorted(by_n)
     means = [statistics.fmean(by_n[n]) for n in ns]
     rates = [(means[i] - means[i + 1]) / (ns[i + 1] - ns[i]) for i in range(len(ns) - 1)]
@@ -71,9 +76,7 @@ def _shape_evidence(pts: list[tuple[float, float]]) -> str:
 def seed_weights(pts: list[tuple[float, float]]) -> tuple[list[float] | None, str]:
     """Each point's ``sigma`` for a weighted fit (see the module) and a line saying how;
     ``None`` (unweighted) unless every length has at least 2 runs."""
-    by_n: dict[float, list[float]] = {}
-    for n, x in pts:
-        by_n.setdefault(n, []).append(x)
+    by_n = _by_length(pts)
     if min(len(v) for v in by_n.values()) < 2:
         return None, "none (one run per length)"
     sd = {n: statistics.stdev(v) for n, v in by_n.items()}
