@@ -69,6 +69,24 @@ def test_runoff_chooses_the_best_lr_on_every_seed():
     )
 
 
+
+def test_the_plans_budget_counts_what_the_engine_runs():
+    """``--plan`` (scripts/experiments/plan.budget) and the engine count runs in one place:
+    with the runoff, its budget is the run's own count (before any edge extension)."""
+    from argparse import Namespace
+
+    from scripts.experiments.plan import budget
+
+    args = Namespace(optimizers=["adamw", "soap"], lrs=[3.16e-3, 1e-2, 3.16e-2], seeds=[0],
+                     best_seeds=[1, 2], fractions=[0.5, 0.75], fraction_seeds=None, runoff=2)  # fmt: skip
+    pl = {"h100_hours_full_run": 1.0, "h100_hours_fraction_runs": 0.0}
+    p = Protocol("plan", args.optimizers, {o: args.lrs for o in args.optimizers}, seeds=[0],
+                 best_seeds=[1, 2], fractions=[0.5, 0.75], runoff=2)  # fmt: skip
+    ran: list[Cell] = []
+    run(p, lambda c: ran.append(c) or done(bowl(1e-2)(c)), log=lambda m: None)
+    assert budget(pl, args)[0] == p.count() == len(ran) == 2 * (3 + 2 * 2 + 2)
+    assert budget(pl, args)[1] == 2 * (3 + 2 * 2)  # full-length runs at 1 H100-hour each
+
 def test_fractions_run_with_their_own_seeds():
     """The demo's fit averages 3 seeds at each length: each fraction with every fraction seed,
     counted in the plan; without ``fraction_seeds``, the sweep's seeds as before."""

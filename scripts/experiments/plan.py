@@ -10,6 +10,7 @@ from typing import Any
 
 from models.presets import PAPER_VOCAB, effective_init_std, get_preset
 from scripts.config import CONFIGS, compose, error_line
+from scripts.experiments.protocol import Protocol
 from scripts.flops import optimizer_flop_share, output_vocab
 from scripts.trainer.checks import total_steps
 
@@ -128,12 +129,17 @@ def plan(preset: str, fractions: list[float], extra: list[str] | None = None) ->
 
 def runs_per_optimizer(args: argparse.Namespace) -> tuple[int, int]:
     """Per optimizer: full-length runs (the LR sweep and ``--best-seeds``) and the seeds each
-    schedule fraction runs with."""
-    per = len(args.seeds)
-    frac = per if args.fraction_seeds is None else len(args.fraction_seeds)
-    extra = len(set(args.best_seeds) - set(args.seeds))
-    k = min(getattr(args, "runoff", 1), len(args.lrs)) if extra else 1
-    return per * len(args.lrs) + k * extra, frac
+    schedule fraction runs with, counted by :meth:`Protocol.full_runs`."""
+    p = Protocol(
+        preset="plan",
+        optimizers=list(args.optimizers),
+        lrs={o: list(args.lrs) for o in args.optimizers},
+        seeds=list(args.seeds),
+        best_seeds=list(args.best_seeds),
+        fraction_seeds=args.fraction_seeds,
+        runoff=getattr(args, "runoff", 1),
+    )
+    return p.full_runs(p.optimizers[0]), len(p.seeds_per_fraction)
 
 
 def budget(pl: dict, args: argparse.Namespace) -> tuple[int, float]:

@@ -89,15 +89,18 @@ class Protocol:
     def seeds_per_fraction(self) -> list[int]:
         return list(self.seeds if self.fraction_seeds is None else self.fraction_seeds)
 
+    def full_runs(self, optimizer: str) -> int:
+        """An optimizer's full-length runs before any extension: its sweep, then the extra
+        seeds at its best LR (at each of the runoff's LRs)."""
+        o = optimizer
+        n = len(self.seeds) * (1 if o in self.tuned else len(self.lrs[o]))
+        k = min(self.runoff, len(self.lrs[o])) if self.runs_off(o) else 1
+        return n + k * len(set(self.best_seeds) - set(self.seeds))
+
     def count(self) -> int:
         """Runs before any extension."""
-        n = 0
-        for o in self.optimizers:
-            n += len(self.seeds) * (1 if o in self.tuned else len(self.lrs[o]))
-            k = min(self.runoff, len(self.lrs[o])) if self.runs_off(o) else 1
-            n += k * len(set(self.best_seeds) - set(self.seeds))
-            n += len(self.seeds_per_fraction) * len([f for f in self.fractions if f < 1])
-        return n
+        fractions = len(self.seeds_per_fraction) * len([f for f in self.fractions if f < 1])
+        return sum(self.full_runs(o) + fractions for o in self.optimizers)
 
 
 Submit = Callable[[Cell], "Future[float | None]"]  # a future of the run's final eval loss
