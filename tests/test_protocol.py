@@ -69,7 +69,6 @@ def test_runoff_chooses_the_best_lr_on_every_seed():
     )
 
 
-
 def test_the_plans_budget_counts_what_the_engine_runs():
     """``--plan`` (scripts/experiments/plan.budget) and the engine count runs in one place:
     with the runoff, its budget is the run's own count (before any edge extension)."""
@@ -86,6 +85,7 @@ def test_the_plans_budget_counts_what_the_engine_runs():
     run(p, lambda c: ran.append(c) or done(bowl(1e-2)(c)), log=lambda m: None)
     assert budget(pl, args)[0] == p.count() == len(ran) == 2 * (3 + 2 * 2 + 2)
     assert budget(pl, args)[1] == 2 * (3 + 2 * 2)  # full-length runs at 1 H100-hour each
+
 
 def test_fractions_run_with_their_own_seeds():
     """The demo's fit averages 3 seeds at each length: each fraction with every fraction seed,
