@@ -170,6 +170,28 @@ def test_member_state_dict_round_trips(name, cache_dir):
             assert torch.equal(x, y), (name, n)
 
 
+
+@pytest.mark.parametrize("betas", [None, [0.95, 0.95, 0.9999]])
+def test_ademamix_steps_stay_bounded_where_a_gradient_fades(betas, cache_dir):
+    """AdEMAMix divides its slow momentum (beta3 0.9999) by sqrt(v): where a gradient fades
+    (an output row of a byte rare in training), v must not forget much faster than that
+    momentum. The lineup's betas keep every step within a few LRs; beta2 0.95 (the lineup's
+    betas until 2026-12-05, when the demo's eval loss rose to 69) does not."""
+    from hydra.utils import instantiate
+
+    over = [] if betas is None else [f"optimizer.betas=[{','.join(map(str, betas))}]"]
+    cfg = compose(["optimizer=ademamix", "run_dir=.", *over], cache_dir)
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = instantiate(cfg.optimizer)([w], lr=1e-3)
+    steps = []
+    for t in range(600):
+        w.grad = torch.ones(1) if t < 300 else torch.full((1,), 1e-4)
+        before = w.detach().clone()
+        opt.step()
+        steps.append(float((w.detach() - before).abs()) / 1e-3)
+    bounded = max(steps) < 10
+    assert bounded == (betas is None), max(steps)
+
 def test_schedulefree_is_evaluated_on_its_evaluation_weights(tmp_path, cache_dir):
     """The recorded eval loss is the evaluation weights' (it differs from the training
     weights'), and a fresh evaluation of the final checkpoint, switched to its evaluation

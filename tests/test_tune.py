@@ -272,7 +272,7 @@ def test_an_axis_on_one_beta_keeps_the_other_where_the_config_put_it():
     paper = _list_keys("adamw", ("experiment=paper_360m_small_batch",))
     assert cd.overrides({"beta2": 0.99}, paper) == ["optimizer.betas=[0.95,0.99]"]
     ademamix = _list_keys("ademamix", ("experiment=demo",))
-    assert cd.overrides({"beta1": 0.9}, ademamix) == ["optimizer.betas=[0.9,0.95,0.9999]"]
+    assert cd.overrides({"beta1": 0.95}, ademamix) == ["optimizer.betas=[0.95,0.999,0.9999]"]
 
 
 def test_a_study_resumes_only_under_its_own_setting(tmp_path):
