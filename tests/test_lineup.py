@@ -170,7 +170,6 @@ def test_member_state_dict_round_trips(name, cache_dir):
             assert torch.equal(x, y), (name, n)
 
 
-
 @pytest.mark.parametrize("betas", [None, [0.95, 0.95, 0.9999]])
 def test_ademamix_steps_stay_bounded_where_a_gradient_fades(betas, cache_dir):
     """AdEMAMix divides its slow momentum (beta3 0.9999) by sqrt(v): where a gradient fades
@@ -191,6 +190,7 @@ def test_ademamix_steps_stay_bounded_where_a_gradient_fades(betas, cache_dir):
         steps.append(float((w.detach() - before).abs()) / 1e-3)
     bounded = max(steps) < 10
     assert bounded == (betas is None), max(steps)
+
 
 def test_schedulefree_is_evaluated_on_its_evaluation_weights(tmp_path, cache_dir):
     """The recorded eval loss is the evaluation weights' (it differs from the training
