@@ -85,7 +85,7 @@ claims: install
 		--out results/claims train.compile=true
 
 # The field's optimizers under the demo's protocol (LR sweep with edge extension, 3 seeds at the
-# best, schedule fractions), then the leaderboard: results/lineup (~26 min on 2 cores). Add yours:
+# best, schedule fractions), then the leaderboard: results/lineup (~23 min on 2 cores). Add yours:
 # make lineup OPTIMIZERS="adamw soap yours" (with configs/optimizer/yours.yaml).
 lineup: install
 	$(PY) -m scripts.demo --optimizers $(OPTIMIZERS) --fraction-seeds 0 --out results/runs/lineup \
