@@ -138,5 +138,9 @@ def test_a_run_that_cannot_start_stops_the_protocol():
 def test_cell_overrides_carry_preset_and_phase_and_the_run_dir_last():
     over = Cell("soap", 0.01, 0.5, 2, "fractions").overrides("demo", "runs/x")
     assert "protocol.preset=demo" in over and "protocol.phase=fractions" in over
-    assert "optimizer=soap" in over and "seed=2" in over and "run_dir=runs/x" in over
+    assert "optimizer=soap" in over and "seed=2" in over and over[-1] == "run_dir=runs/x"
+    assert "train.eval_every=1000000000" in over  # a fraction run: its final evaluation only
+    assert not any(
+        "eval_every" in o for o in Cell("soap", 0.01, 1.0, 2, "sweep").overrides("d", "r")
+    )
     assert Cell("soap", 0.01, 0.5, 2, "fractions").name() == "lr0.01_frac0.5_seed2"

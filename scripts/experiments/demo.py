@@ -6,7 +6,7 @@ non-embedding parameter (3,128 steps of 2 x 128 tokens, the CPU regime's small b
 steps per run and tokens per step per parameter are near the paper's large batch's), a
 byte-level vocabulary, precondition frequency 160, cosine schedule with 10% warmup, 50 evaluations per
 run on a fixed set (a schedule-fraction run: at its end only,
-:func:`scripts.experiments.plan.cell_overrides`).
+:meth:`scripts.experiments.protocol.Cell.overrides`).
 
 The protocol (:mod:`scripts.experiments.protocol`, the paper's in miniature): every optimizer
 sweeps the same half-decade LR grid at full length (extended by one value, up to twice, while

@@ -36,29 +36,6 @@ def preset_cfg(preset: str, extra: list[str] | None = None) -> Any:
         raise SystemExit(f"error: {error_line(e)}") from None
 
 
-FINAL_EVAL_ONLY = 10**9  # train.eval_every past any run's end: the run's final evaluation only
-
-
-def cell_overrides(
-    optimizer: str, lr: float, fraction: float, seed: int, run_dir: Any
-) -> list[str]:
-    """The overrides of one run of the protocol (the demo's and ``scripts.reproduce``'s).
-
-    A schedule-fraction run (``fraction < 1``, its own full cosine schedule) is evaluated at
-    its end only: the paper's power-law fit ``L(N) = a + b N^-beta`` over run lengths and the
-    effective-data fit read its final eval loss alone, so its evaluations along the way were
-    points nothing read (~15% of such a run's time in the CPU demo). The final loss is the
-    same either way: evaluation draws no random numbers and changes no state."""
-    return [
-        f"optimizer={optimizer}",
-        f"optimizer.lr={lr}",
-        f"train.fraction={fraction}",
-        *([f"train.eval_every={FINAL_EVAL_ONLY}"] if fraction < 1 else []),
-        f"seed={seed}",
-        f"run_dir={run_dir}",
-    ]
-
-
 def train_tokens(cfg: Any) -> int | None:
     """Training tokens of the run's data when they are known without preparing anything: the
     manifest of data already prepared in the cache (``scripts.prepare``), else None."""
