@@ -106,6 +106,7 @@ def _same_losses(name: str, root) -> None:
     # float64 (scripts/experiments/kron.py).
     assert [x.get("eval_loss") for x in b] == [x.get("eval_loss") for x in a], name
 
+
 @pytest.mark.parametrize("name", UNUSUAL)
 def test_member_resumes_after_sigkill_to_the_same_losses(name, resumed):
     """Found two bugs when written: MuonAdamW's LR schedule stopped reaching its children
